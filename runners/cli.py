@@ -1,0 +1,48 @@
+"""`fer-automl` command line.
+
+A command group is one module in `runners/commands/` with a `register(subparsers)` function,
+plus one line in COMMAND_GROUPS below.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+COMMAND_GROUPS = {
+    "models": "runners.commands.models",
+}
+
+
+class UserError(Exception):
+    """A problem with what the user gave (a file, a key, a value): printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fer-automl",
+        description="Hyperparameter search / AutoML for facial expression recognition.")
+    sub = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
+    for modpath in COMMAND_GROUPS.values():
+        importlib.import_module(modpath).register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.parse_args([args.group, "--help"])
+        return 2
+    try:
+        rc = args.func(args)
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"fer-automl: error: {msg}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
