@@ -26,8 +26,6 @@ class ModelConfig(BaseModel):
         None, description="local state-dict file (torch.load(weights_only=True)); never a download")
     in_chans: int = Field(3, ge=1)
     num_classes: int = Field(7, ge=2)
-    backbone_depth: Optional[int] = Field(
-        None, ge=1, description="deepest backbone stage that is built (None: every stage the branches need)")
     split_stage: int = Field(
         2, ge=1, description="backbone stage whose map is cut into local patches and feeds the multi-scale branch")
 

@@ -1,0 +1,65 @@
+"""timm backbones as feature extractors, built only as deep as the branches need.
+
+`timm.create_model(features_only=True)` returns every stage; the ResNet-style wrapper
+(FeatureListNet) can drop later modules, the EfficientNet/MobileNet feature classes run all
+their blocks whatever `out_indices` says. `Backbone` truncates both kinds so that no parameter is
+left without a gradient (and the parameter counts match the papers' truncated trunks).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Sequence
+
+import timm
+import torch
+from torch import nn
+from timm.models._features import FeatureDictNet
+
+log = logging.getLogger(__name__)
+
+
+class Backbone(nn.Module):
+    def __init__(self, name: str, keep: Sequence[int], in_chans: int = 3):
+        super().__init__()
+        try:
+            body = timm.create_model(name, pretrained=False, features_only=True, in_chans=in_chans)
+        except RuntimeError as exc:  # timm: "Unknown model (x)" / features_only unsupported
+            raise ValueError(f"backbone {name!r} cannot be built by timm with features_only=True: {exc}") from None
+        info = body.feature_info
+        self.name = name
+        self.all_channels: List[int] = list(info.channels())
+        self.all_reductions: List[int] = list(info.reduction())
+        self.num_stages = len(self.all_channels)
+        keep = sorted(set(keep))
+        bad = [k for k in keep if not 0 <= k < self.num_stages]
+        if bad:
+            raise ValueError(
+                f"backbone {name!r} has stages 0..{self.num_stages - 1} (reductions {self.all_reductions}); "
+                f"stage {bad[0]} does not exist")
+        self.keep = keep
+        self._truncate(body, info.get_dicts(), keep)
+        self.body = body
+
+    @staticmethod
+    def _truncate(body: nn.Module, infos: List[dict], keep: List[int]) -> None:
+        deepest = max(keep)
+        if isinstance(body, FeatureDictNet):
+            names = [infos[i]["module"] for i in keep]
+            body.return_layers = {n: str(i) for n, i in zip(names, keep)}
+            last = infos[deepest]["module"]
+            children = list(body.keys())
+            for child in children[children.index(last) + 1:]:
+                del body[child]
+        elif hasattr(body, "_stage_out_idx") and isinstance(getattr(body, "blocks", None), nn.Sequential):
+            stages = [infos[i]["stage"] for i in keep]
+            body._stage_out_idx = {s: i for s, i in zip(stages, keep)}
+            body.blocks = body.blocks[: max(stages)]
+        else:  # other feature wrappers: correct output, but unused later stages stay built
+            log.warning("backbone %s (%s): cannot truncate after stage %d; later stages stay built",
+                        type(body).__name__, body, deepest)
+
+    def forward(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
+        feats = self.body(x)
+        if len(feats) != len(self.keep):  # un-truncatable wrapper returned every stage
+            feats = [feats[i] for i in self.keep]
+        return dict(zip(self.keep, feats))
