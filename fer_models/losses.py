@@ -1,0 +1,148 @@
+"""Multi-branch FER loss: a weighted sum of per-branch cross-entropies (+ the pose loss).
+
+Terms: every branch whose logits are trained directly (global or global_local, local, each
+context region, each auxiliary scale classifier) and `pose` when the model has a pose head and the
+batch has pose labels (-1 = unknown). Per-patch classifiers of an ensemble are trained through the
+aggregated `local` logits. The weighting is one registry entry per scheme:
+
+- fixed: the model config's branch weights (MA-Net 0.6 local / 0.4 global; SCAN-CCI 0.2 on the
+  attention head and 0.8 on each of the 4 context regions, summed);
+- uncertainty: Kendall et al. 2018, sum_i exp(-s_i) L_i + s_i, s_i = log sigma_i^2 learned
+  (PhaNet's "dynamically learned loss weights" read this way, see docs/ARCHITECTURES.md);
+- dwa: dynamic weight averaging (Liu et al. 2019): w_i(t) = N exp(r_i(t-1)/T) / sum_j exp(r_j(t-1)/T),
+  r_i(t-1) = L_i(t-1) / L_i(t-2) from the epoch means; w_i = 1 for the first two epochs.
+
+Written here rather than taken from a library: no maintained package implements these over a
+dict of named branch losses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import FERNet, FEROutput
+
+
+@dataclass
+class LossResult:
+    total: torch.Tensor
+    parts: Dict[str, torch.Tensor]  # unweighted per-term losses
+    weights: Dict[str, float]  # the weight each term got in this step
+
+
+class _Weighting(nn.Module):
+    def __init__(self, terms: List[str], fixed: Dict[str, float], **_: object):
+        super().__init__()
+        self.terms = terms
+        self.fixed = fixed
+
+    def combine(self, parts: Dict[str, torch.Tensor]):
+        raise NotImplementedError
+
+    def end_epoch(self, means: Dict[str, float]) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class FixedWeighting(_Weighting):
+    def combine(self, parts):
+        w = {k: self.fixed[k] for k in parts}
+        return sum(w[k] * v for k, v in parts.items()), w
+
+
+class UncertaintyWeighting(_Weighting):
+    def __init__(self, terms, fixed, **kw):
+        super().__init__(terms, fixed, **kw)
+        self.log_vars = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in terms})
+
+    def combine(self, parts):
+        total = sum(torch.exp(-self.log_vars[k]) * v + self.log_vars[k] for k, v in parts.items())
+        return total, {k: float(torch.exp(-self.log_vars[k]).detach()) for k in parts}
+
+
+class DWAWeighting(_Weighting):
+    def __init__(self, terms, fixed, temperature: float = 2.0, **kw):
+        super().__init__(terms, fixed, **kw)
+        if temperature <= 0:
+            raise ValueError(f"dwa_temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.history: List[Dict[str, float]] = []
+        self.current = {t: 1.0 for t in terms}
+
+    def combine(self, parts):
+        w = {k: self.current[k] for k in parts}
+        return sum(w[k] * v for k, v in parts.items()), w
+
+    def end_epoch(self, means):
+        self.history.append(dict(means))
+        if len(self.history) < 2:
+            return
+        prev, prev2 = self.history[-1], self.history[-2]
+        ratios = {t: prev[t] / max(prev2[t], 1e-12) for t in self.terms if t in prev and t in prev2}
+        if not ratios:
+            return
+        z = sum(math.exp(r / self.temperature) for r in ratios.values())
+        n = len(ratios)
+        self.current.update({t: n * math.exp(r / self.temperature) / z for t, r in ratios.items()})
+
+
+WEIGHTINGS: Dict[str, Callable[..., _Weighting]] = {
+    "fixed": FixedWeighting,
+    "uncertainty": UncertaintyWeighting,
+    "dwa": DWAWeighting,
+}
+
+
+class FERLoss(nn.Module):
+    """Loss for one model. Holds learnable weights (uncertainty): give its parameters to the optimizer."""
+
+    def __init__(self, model: FERNet, weighting: str = "fixed", label_smoothing: float = 0.0,
+                 class_weights: Optional[torch.Tensor] = None, dwa_temperature: float = 2.0):
+        super().__init__()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown loss weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.terms = [b for b in model.branches if not b.startswith("patch_")]
+        fixed = {b: model.group_weight(model.branch_group(b)) for b in self.terms}
+        if model.cfg.pose_head:
+            self.terms.append("pose")
+            fixed["pose"] = model.cfg.pose_weight
+        self.weighting = WEIGHTINGS[weighting](self.terms, fixed, temperature=dwa_temperature)
+        self.label_smoothing = label_smoothing
+        self.register_buffer("class_weights", None if class_weights is None else class_weights.float())
+        self._sums: Dict[str, float] = {}
+        self._count = 0
+
+    def forward(self, out: FEROutput, target: torch.Tensor, pose_target: Optional[torch.Tensor] = None) -> LossResult:
+        parts: Dict[str, torch.Tensor] = {}
+        for b in self.terms:
+            if b == "pose":
+                continue
+            parts[b] = F.cross_entropy(out.branch_logits[b].float(), target, weight=self.class_weights,
+                                       label_smoothing=self.label_smoothing)
+        if "pose" in self.terms and pose_target is not None and out.pose_logits is not None:
+            known = pose_target >= 0
+            if bool(known.any()):
+                parts["pose"] = F.cross_entropy(out.pose_logits[known].float(), pose_target[known])
+        total, weights = self.weighting.combine(parts)
+        if self.training:
+            for k, v in parts.items():
+                self._sums[k] = self._sums.get(k, 0.0) + float(v.detach())
+            self._count += 1
+        return LossResult(total, parts, weights)
+
+    def end_epoch(self) -> Dict[str, float]:
+        """Close a training epoch: the mean of every term, handed to the weighting (DWA uses it)."""
+        means = {k: s / max(self._count, 1) for k, s in self._sums.items()}
+        self.weighting.end_epoch(means)
+        self._sums, self._count = {}, 0
+        return means
+
+
+def build_loss(model: FERNet, weighting: str = "fixed", **kwargs) -> FERLoss:
+    return FERLoss(model, weighting=weighting, **kwargs)
