@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 COMMAND_GROUPS = {
     "models": "runners.commands.models",
+    "train": "runners.commands.train",
+    "search": "runners.commands.search",
 }
 
 
