@@ -49,7 +49,6 @@ def data_spec_from(dataset) -> DataSpec:
             opts["n"] = dataset.n
         if dataset.image_size is not None:
             opts["size"] = dataset.image_size
-        opts["seed"] = dataset.seed
     path = str(Path(dataset.path).expanduser().resolve()) if dataset.path else None
     return DataSpec(format=dataset.format, path=path, options=opts, seed=dataset.seed)
 
