@@ -87,8 +87,8 @@ def build_optimizer(model: nn.Module, loss_fn: nn.Module, train) -> torch.optim.
 def lr_factor(epoch: int, train) -> float:
     """Multiplier of the base learning rate for `epoch` (0-based): linear warmup, then the schedule."""
     warm = int(train.warmup_epochs)
-    if epoch < warm:
-        return (epoch + 1) / (warm + 1)
+    if epoch < warm:  # linear from lr/10
+        return 0.1 + 0.9 * epoch / warm
     e, total = epoch - warm, max(int(train.epochs) - warm, 1)
     if train.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * e / total))
