@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Dict, Optional
 from urllib.parse import urlparse
 
@@ -49,8 +50,13 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None, num_gpus: O
         check_address(address)
         ray.init(address=address, log_to_driver=True)
     else:
+        # workers import runners/fer_models/search_spaces from where this driver found them, whatever
+        # their working directory (an editable install, a checkout on PYTHONPATH, site-packages)
+        root = str(Path(__file__).resolve().parents[1])
+        paths = [root] + [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         kw = dict(include_dashboard=False, log_to_driver=True, num_cpus=num_cpus or os.cpu_count(),
-                  _node_ip_address="127.0.0.1")
+                  _node_ip_address="127.0.0.1",
+                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}})
         if num_gpus is not None:
             kw["num_gpus"] = num_gpus
         if temp_dir:
