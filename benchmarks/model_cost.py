@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
     print(f"machine: {machine()}; device {args.device}, bf16={args.bf16}, channels_last={args.channels_last}")
@@ -55,7 +55,7 @@ def main() -> None:
             macs = count_macs(model, size)
             kw = dict(device=args.device, bf16=args.bf16, channels_last=args.channels_last, warmup=args.warmup)
             lat = measure_latency(model, size, batch=1, repeats=args.repeats, **kw)
-            thr = measure_latency(model, size, batch=args.batch, repeats=max(2, args.repeats // 2), **kw)
+            thr = measure_latency(model, size, batch=args.batch, repeats=max(3, args.repeats // 2), **kw)
             print(f"| {name} | {size} | {params / 1e6:.2f} | {macs / 1e9:.2f} | {lat['median_s'] * 1e3:.1f} | "
                   f"{thr['images_per_s']:.1f} |", flush=True)
 
