@@ -45,6 +45,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
     print(f"machine: {machine()}; device {args.device}, bf16={args.bf16}, channels_last={args.channels_last}")
+    # The first model timed in a process pays for the allocator's and oneDNN's first large buffers
+    # (seen here: the first preset ~1.7x slower than an identical-cost one timed later). Pay it now.
+    warm = build_model(preset_config(args.presets[0]))
+    for size in args.sizes:
+        measure_latency(warm, size, batch=args.batch, repeats=2, warmup=1, device=args.device, bf16=args.bf16,
+                        channels_last=args.channels_last)
+    del warm
     print(f"| preset | px | params (M) | GMACs | latency b=1 (ms) | throughput b={args.batch} (img/s) |")
     print("|---|---|---|---|---|---|")
     for name in args.presets:
