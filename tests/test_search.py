@@ -116,3 +116,60 @@ def test_bad_search_input_fails_fast_and_writes_nothing(tmp_path, case, expect, 
 def test_missing_space_file(tmp_path, capsys):
     assert main(["search", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(tmp_path, cli):
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    space = write_space(tmp_path, name="resume-it", num_samples=3, max_concurrent=1,
+                        scheduler={"type": "fifo"})
+    db = tmp_path / "mlflow.db"
+    args = [sys.executable, "-m", "runners.cli", "search", str(space), "--storage-path", str(tmp_path / "ray"),
+            "--tracking-uri", f"sqlite:///{db}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+    def reported_epochs() -> int:
+        if not db.exists():
+            return 0
+        with sqlite3.connect(db) as con:
+            try:
+                return con.execute("select count(*) from metrics where key = 'val_balanced_accuracy'").fetchone()[0]
+            except sqlite3.OperationalError:
+                return 0
+
+    deadline = time.time() + 240
+    while reported_epochs() < 1:  # the first trial is mid-way (1 of 2 epochs reported)
+        assert proc.poll() is None, "search ended before it could be killed"
+        assert time.time() < deadline, "no trial reported in 240 s"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started: only this test's processes
+    proc.wait(timeout=30)
+
+    res = cli("search", str(space), "--storage-path", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{db}",
+              "--resume", timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "search resume-it: 3 trials, 0 failed" in res.stdout
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("resume-it")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("fer_automl.kind") == "search"]
+    children = [r for r in runs if r.data.tags.get("fer_automl.kind") == "trial"]
+    assert len(parents) == 1
+    ids = [r.data.tags["fer_automl.trial_id"] for r in children]
+    assert len(ids) == len(set(ids)) == 3, ids  # no trial lost, none tracked twice
+    for r in children:
+        assert r.data.tags["fer_automl.status"] == "finished" and r.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_balanced_accuracy")]
+        assert sorted(set(steps)) == [1, 2], steps
