@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -173,3 +174,43 @@ def test_resume_after_the_driver_is_killed(tmp_path, cli):
         assert r.data.tags["fer_automl.status"] == "finished" and r.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_balanced_accuracy")]
         assert sorted(set(steps)) == [1, 2], steps
+
+
+@pytest.mark.slow
+def test_failing_trials_end_as_failed_runs_with_their_reasons(tmp_path, ray_shutdown, capsys, monkeypatch):
+    import torch
+
+    from fer_models import ModelConfig, build_model
+
+    monkeypatch.chdir(tmp_path)
+    good = build_model(ModelConfig(num_classes=7))
+    torch.save(good.state_dict(), tmp_path / "good.pt")
+    sd = good.state_dict()
+    sd["backbone.body.conv1.weight"] = torch.full_like(sd["backbone.body.conv1.weight"], float("nan"))
+    torch.save(sd, tmp_path / "nan.pt")
+    d = yaml.safe_load(yaml.safe_dump(SPACE))
+    d["dimensions"] = {"weights": {"type": "choice", "maps_to": "model.pretrained_path",
+                                   "values": [str(tmp_path / "good.pt"), str(tmp_path / "nan.pt"),
+                                              str(tmp_path / "missing.pt")]}}
+    d["presets"] = {}
+    d["search"].update(name="fail-it", presets=[], algorithm="grid", num_samples=1, max_failures=1,
+                       scheduler={"type": "fifo"})
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(d))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rc = main(["search", str(space), "--storage-path", str(tmp_path / "ray"), "--tracking-uri", uri])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    assert "search fail-it: 3 trials, 2 failed" in out
+
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("fail-it")
+    children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("fer_automl.kind") == "trial"]
+    by_weights = {Path(r.data.params["weights"]).name: r for r in children}
+    assert by_weights["good.pt"].info.status == "FINISHED"
+    for name, expect in [("nan.pt", "non-finite loss nan"), ("missing.pt", "missing.pt': no such file")]:
+        run = by_weights[name]
+        assert run.info.status == "FAILED" and run.data.tags["fer_automl.status"] == "failed"
+        assert expect in run.data.tags["fer_automl.failure_reason"], run.data.tags["fer_automl.failure_reason"]
