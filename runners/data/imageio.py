@@ -126,7 +126,12 @@ def _pgm_maxval(buf: bytes) -> Optional[int]:
 
 
 def decode_bytes(buf: bytes) -> np.ndarray:
-    arr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+    if not buf:
+        raise CorruptImage("empty file")
+    try:
+        arr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        arr = None
     if arr is not None and arr.size:
         maxval = _pgm_maxval(buf)
         if maxval is not None and 0 < maxval < 255 and arr.dtype == np.uint8:
