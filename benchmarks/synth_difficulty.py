@@ -77,14 +77,21 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     ds = load_dataset("synthetic", n=a.n, image_size=a.size, seed=a.seed, cache=False)
-    tr, te = ds.splits != "test", ds.splits == "test"   # train + val for training; test held out
+    tr, va, te = ds.splits == "train", ds.splits == "val", ds.splits == "test"
     x = torch.from_numpy(np.ascontiguousarray(ds.images)).permute(0, 3, 1, 2).float().div(255)
     y = torch.from_numpy(ds.labels)
-    print(f"synthetic n={a.n} size={a.size}: train {tr.sum()} images ({ds.num_subjects('train') + ds.num_subjects('val')} "
-          f"subjects), test {te.sum()} images ({ds.num_subjects('test')} other subjects); chance {1 / 7:.3f}")
+    print(f"synthetic n={a.n} size={a.size}: train {tr.sum()} images ({ds.num_subjects('train')} subjects), "
+          f"val {va.sum()} ({ds.num_subjects('val')}), test {te.sum()} images ({ds.num_subjects('test')} other subjects); chance {1 / 7:.3f}")
     t = time.time()
-    acc_tr, acc_lin = linear_probe(x[tr].flatten(1), y[tr], x[te].flatten(1), y[te], ds.num_classes)
-    print(f"linear (softmax regression on raw pixels): train {acc_tr:.3f}, test {acc_lin:.3f} ({time.time() - t:.0f} s)")
+    best = None
+    for wd in (1e-4, 1e-3, 1e-2, 1e-1):     # L2 strength chosen on val, never on test
+        acc_tr, acc_va = linear_probe(x[tr].flatten(1), y[tr], x[va].flatten(1), y[va], ds.num_classes, wd, 100)
+        print(f"  linear weight_decay={wd:g}: train {acc_tr:.3f}, val {acc_va:.3f}")
+        if best is None or acc_va > best[1]:
+            best = (wd, acc_va)
+    acc_tr, acc_lin = linear_probe(x[tr].flatten(1), y[tr], x[te].flatten(1), y[te], ds.num_classes, best[0], 100)
+    print(f"linear (softmax regression on raw pixels, weight_decay={best[0]:g}): train {acc_tr:.3f}, "
+          f"test {acc_lin:.3f} ({time.time() - t:.0f} s)")
     t = time.time()
     mean, std = x[tr].mean((0, 2, 3), keepdim=True), x[tr].std((0, 2, 3), keepdim=True)
     acc_cnn = train_cnn((x[tr] - mean) / std, y[tr], (x[te] - mean) / std, y[te], ds.num_classes, a.epochs, a.seed)

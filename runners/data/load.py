@@ -65,7 +65,8 @@ def load_dataset(format: str, path: Union[str, Path, None] = None, *, image_size
         (fractions of the whole set; by subject whenever subjects are known).
     skip_corrupt: False (default) errors listing the first unreadable images; True skips them
         and records how many in `num_skipped`.
-    cache: decode once into the memory-mapped cache (default: on when image_size is given);
+    cache: decode once into the memory-mapped cache (default: on when image_size is given,
+        except for generated sets);
         cache_dir overrides $FER_AUTOML_CACHE_DIR and ~/.cache/fer-automl/data.
     **opts: reader options (see `fer-automl data formats`).
     """
@@ -94,7 +95,7 @@ def load_dataset(format: str, path: Union[str, Path, None] = None, *, image_size
 
     hashes = parallel_map(_hash, items, threads)
     fp = fingerprint(items, hashes)
-    use_cache = (size is not None) if cache is None else bool(cache)
+    use_cache = (size is not None and reader.cacheable) if cache is None else bool(cache)
 
     images: Optional[np.ndarray] = None
     skipped: list[str] = []

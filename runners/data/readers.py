@@ -51,6 +51,7 @@ class Reader:
     layout: ClassVar[str] = ""
     options: ClassVar[dict] = {}
     needs_path: ClassVar[bool] = True
+    cacheable: ClassVar[bool] = True      # False: generating is as cheap as reading a cache
 
     def read(self, root: Optional[Path], **opts) -> Listing:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -455,6 +456,7 @@ class SyntheticReader(Reader):
     layout = "(no path) options n, size, num_subjects, seed"
     options = {"n": 2000, "size": 64, "num_subjects": None, "seed": 0}
     needs_path = False
+    cacheable = False
 
     def read(self, root: Optional[Path], n: int = 2000, size: int = 64,
              num_subjects: Optional[int] = None, seed: int = 0) -> Listing:
