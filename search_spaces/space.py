@@ -195,7 +195,7 @@ class SearchSpace:
 
     def condition_text(self, name: str) -> str:
         cond = self.dimensions[name].condition
-        return " and ".join(f"{p} in {v}" for p, v in cond.items())
+        return " and ".join(f"{p} in [{', '.join(yaml_scalar(x) for x in v)}]" for p, v in cond.items())
 
     def check_point(self, point: Any, where: str = "point") -> Dict[str, Any]:
         """Structural check: known dimensions, values inside them, every active dimension present
@@ -276,6 +276,14 @@ class SearchSpace:
 
     def describe_rows(self) -> List[Tuple[str, str, str, str]]:
         return [(n, self.dimensions[n].describe(), self.targets[n], self.condition_text(n)) for n in self.order]
+
+
+def yaml_scalar(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
 
 
 def int_values(dim: IntDim) -> List[int]:
