@@ -183,12 +183,26 @@ def _grid_values(space: SearchSpace, fixed: Mapping[str, Any]) -> Dict[str, List
     return values
 
 
+def _count(space: SearchSpace, names: Sequence[str], values: Mapping[str, List[Any]]) -> int:
+    """Number of assignments of `names` (conditions respected), without listing them: only the
+    dimensions that other dimensions depend on are enumerated; the rest multiply in."""
+    inner = {p for n in names for p in space.dimensions[n].condition}
+    branch = [n for n in names if n in inner]
+    leaves = [n for n in names if n not in inner]
+    total = 0
+    for assignment in _enumerate(space, branch, values):
+        total += math.prod(len(values[n]) for n in leaves if space.is_active(n, assignment))
+    return total
+
+
+def _grid_parts(space: SearchSpace, values: Mapping[str, List[Any]]) -> List[List[str]]:
+    # single-valued dimensions never multiply the grid: leave them out of the groups
+    return _components(space, [n for n in space.order if len(values[n]) > 1])
+
+
 def grid_size(space: SearchSpace, fixed: Optional[Mapping[str, Any]] = None) -> int:
     values = _grid_values(space, fixed or {})
-    total = 1
-    for comp in _components(space, space.order):
-        total *= sum(1 for _ in _enumerate(space, comp, values))
-    return total
+    return math.prod(_count(space, comp, values) for comp in _grid_parts(space, values))
 
 
 def grid_points(space: SearchSpace, fixed: Optional[Mapping[str, Any]] = None,
@@ -196,18 +210,22 @@ def grid_points(space: SearchSpace, fixed: Optional[Mapping[str, Any]] = None,
     """Every combination of the choice (and int) dimensions, conditions respected; float
     dimensions must be fixed (`fixed={name: value}`) or be a single value."""
     values = _grid_values(space, fixed or {})
-    comps = _components(space, space.order)
-    per = [list(_enumerate(space, c, values)) for c in comps]
-    total = math.prod(len(p) for p in per)
+    comps = _grid_parts(space, values)
+    total = math.prod(_count(space, comp, values) for comp in comps)
     if total > max_points:
         raise SpaceError(f"{space.where}: the grid has {total} points, more than max_points={max_points}; "
                          "fix some dimensions or use random / tpe")
+    per = [list(_enumerate(space, c, values)) for c in comps]
     out = []
     for combo in itertools.product(*per):
         merged: Dict[str, Any] = {}
         for part in combo:
             merged.update(part)
-        out.append({n: merged[n] for n in space.order if n in merged})
+        point: Dict[str, Any] = {}
+        for n in space.order:  # decision order; the single-valued dimensions where active
+            if space.is_active(n, point):
+                point[n] = merged[n] if n in merged else values[n][0]
+        out.append(point)
     return out
 
 
