@@ -2,6 +2,7 @@
 dimension is a real switch, validation errors name the dimension, value and expectation."""
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -156,8 +157,9 @@ def test_each_dimension_changes_the_model_or_the_training_config(name):
     rng = random.Random(0)
     # the cheapest bases first, then a few random ones (some switches act only in some regions:
     # patch_split cuts a 2x2 grid of an even-sized map the same either way)
-    bases = candidates[:4] + rng.sample(candidates[4:], min(8, len(candidates[4:])))
-    tried = 0
+    cheap, rand = candidates[:4], rng.sample(candidates[4:], min(8, len(candidates[4:])))
+    bases = [p for pair in itertools.zip_longest(cheap, rand) for p in pair if p is not None]
+    pairs = []
     for base in bases:
         for other in _other_values(dim, base[name]):
             changed = repair(space, {**base, name: other}, rng)
@@ -166,20 +168,26 @@ def test_each_dimension_changes_the_model_or_the_training_config(name):
             if section != "model":
                 assert va != vb, (name, va, vb)  # the trainer reads this field
                 return
-            if a.model == b.model:  # e.g. global_attention equal to attention: the same model
-                continue
-            tried += 1
+            if a.model != b.model:  # (equal e.g. when global_attention is set to attention's value)
+                pairs.append((a, b))
+    train_mode = name == "dropout"
+
+    def differ(a, b, size) -> bool:
+        ba = build_tiny(a.model_copy(update={"data": a.data.model_copy(update={"image_size": size})}), size, train_mode)
+        bb = build_tiny(b.model_copy(update={"data": b.data.model_copy(update={"image_size": size})}), size, train_mode)
+        return (ba["params"] != bb["params"] or ba["shapes"] != bb["shapes"] or ba["branches"] != bb["branches"]
+                or ba["pose"] != bb["pose"] or ba["loss_weights"] != bb["loss_weights"]
+                or not torch.allclose(ba["logits"], bb["logits"]))
+
+    # tiny inputs first (an even and an odd map size: patch_split cuts an even map into 2 or 3
+    # cells alike either way); the point's own size only as a last resort
+    for real in (False, True):
+        for a, b in pairs:
             tiny = max(smallest_image_size(a, 48), smallest_image_size(b, 48))
-            # a tiny input first; then the point's own size (e.g. patch_split: 'even' and 'ceil'
-            # cut a 6x6 map alike, a 14x14 one not)
-            for size in sorted({tiny, max(tiny, a.data.image_size)}):
-                train_mode = name == "dropout"
-                ba = build_tiny(a.model_copy(update={"data": a.data.model_copy(update={"image_size": size})}), size, train_mode)
-                bb = build_tiny(b.model_copy(update={"data": b.data.model_copy(update={"image_size": size})}), size, train_mode)
-                if (ba["params"] != bb["params"] or ba["shapes"] != bb["shapes"] or ba["branches"] != bb["branches"]
-                        or ba["pose"] != bb["pose"] or ba["loss_weights"] != bb["loss_weights"]
-                        or not torch.allclose(ba["logits"], bb["logits"])):
+            for size in ([max(tiny, a.data.image_size)] if real else [tiny + 8, tiny]):
+                if differ(a, b, size):
                     return
+    tried = len(pairs)
     pytest.fail(f"dimension {name!r}: no change in the built model, its outputs or its loss weights "
                 f"over {tried} tried pairs")
 
