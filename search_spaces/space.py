@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from pydantic import ValidationError
 
 from .config import TrialConfig
-from .schema import (ChoiceDim, FloatDim, IntDim, SpaceError, SpaceFile, _Dim, _NAME, check_target,
+from .schema import (ChoiceDim, FloatDim, SpaceError, SpaceFile, _Dim, _NAME, check_target,
                      derive_target, field_is_int, field_value_error, index_of)
 
 
@@ -284,10 +284,6 @@ def yaml_scalar(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
-
-
-def int_values(dim: IntDim) -> List[int]:
-    return list(range(dim.low, dim.high + 1, dim.step))
 
 
 def log_uniform(rng, low: float, high: float) -> float:

@@ -12,12 +12,21 @@ from fer_models import PRESETS, ModelConfig, build_model
 from fer_models.cost import count_params
 from fer_models.presets import PRESET_LOSS_WEIGHTING
 from search_spaces import (SpaceError, TrialConfig, load_space, sample, smallest_image_size, validate)
-from search_spaces.schema import ChoiceDim, FloatDim, IntDim
+from search_spaces.schema import ChoiceDim, IntDim
 
 from _space_helpers import build_tiny, cost, repair
 
 UNIFIED = load_space("unified")
 POOL = sample(UNIFIED, 2000, seed=123)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they cost 3x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_hundreds_of_samples_validate_and_never_hold_an_inactive_dimension():
