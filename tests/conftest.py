@@ -23,3 +23,62 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` (through mlflow/server.sh) on 127.0.0.1, SQLite backend."""
+
+    def __init__(self, data_dir: Path):
+        import subprocess
+        import time
+        import urllib.request
+
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "DATA_DIR": str(data_dir), "PORT": str(self.port),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.proc = subprocess.Popen(["bash", str(REPO / "mlflow" / "server.sh")], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError("mlflow server exited: " + self.proc.stderr.read().decode()[-2000:])
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError("mlflow server did not answer /health in 120 s")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # only the process group this fixture started
+            self.proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    server.stop()

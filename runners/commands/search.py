@@ -1,0 +1,36 @@
+"""`fer-automl search SPEC.yaml`: a search over a space file's dimensions, run as its `search:` section says."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="run a search (Ray Tune + Optuna, tracked in MLflow)")
+    p.add_argument("spec", help="a space file with a `search:` section, or a shipped name (quickstart, unified)")
+    p.add_argument("--name", help="search name (MLflow experiment and Ray run)")
+    p.add_argument("--data", help="dataset path (overrides search.dataset.path)")
+    p.add_argument("--format", help="dataset reader (overrides search.dataset.format)")
+    p.add_argument("--num-samples", type=int, help="number of trials")
+    p.add_argument("--storage-path", help="Ray Tune storage (local folder, NFS or s3://...)")
+    p.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a local Ray)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    p.set_defaults(func=_search)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from ..search import format_leaderboard, run_search
+
+    res = run_search(args.spec, name=args.name, data=args.data, format=args.format, num_samples=args.num_samples,
+                     storage_path=args.storage_path, address=args.address, tracking_uri=args.tracking_uri,
+                     resume=args.resume)
+    print()
+    print(f"search {res.name}: {len(res.leaderboard)} trials, {res.num_failed} failed")
+    for tid, why in res.failures.items():
+        print(f"  failed {tid}: {why}")
+    print(format_leaderboard(res.leaderboard, "val_balanced_accuracy"))
+    if res.best_point_path:
+        print(f"best point: {res.best_point_path}")
+    print(f"MLflow: experiment {res.name!r}, parent run {res.parent_run_id}. Compare the runs with `mlflow ui` "
+          "(in this folder for the default sqlite:///mlflow.db), then open http://127.0.0.1:5000")
+    return 0 if len(res.leaderboard) > res.num_failed else 1

@@ -1,0 +1,313 @@
+"""A search: Ray Tune schedules trials of one space, Optuna suggests them, MLflow records them.
+
+`run_search(space_file, **overrides)` is what `fer-automl search SPEC.yaml` calls. Everything that
+can be checked before a trial starts is checked first (space, spec, dataset, tracking server,
+Ray address, resources), so bad input fails in seconds and leaves nothing half-written in MLflow.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .tracking import (TAG_KIND, TAG_SEARCH, check_tracking_server, get_or_create_experiment, make_tracker,
+                       resolve_tracking_uri)
+from .trial import DataSpec
+
+LEADERBOARD_COLUMNS = ["val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "test_accuracy",
+                       "test_balanced_accuracy", "epoch", "images_per_second"]
+
+
+@dataclass
+class SearchResult:
+    name: str
+    experiment_id: str
+    parent_run_id: str
+    storage: str
+    leaderboard: List[Dict[str, Any]]
+    best_point: Optional[Dict[str, Any]]
+    best_point_path: Optional[Path]
+    num_failed: int
+    failures: Dict[str, str] = field(default_factory=dict)
+
+
+def data_spec_from(dataset) -> DataSpec:
+    """The search spec's `dataset:` section as the trial's DataSpec."""
+    opts: Dict[str, Any] = {}
+    if dataset.format == "synthetic":
+        if dataset.n is not None:
+            opts["n"] = dataset.n
+        if dataset.image_size is not None:
+            opts["size"] = dataset.image_size
+    path = str(Path(dataset.path).expanduser().resolve()) if dataset.path else None
+    return DataSpec(format=dataset.format, path=path, options=opts, seed=dataset.seed)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> Dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("torch", "timm", "ray", "optuna", "mlflow", "albumentations", "fer-automl"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+# --- the function every trial runs (on any node) ---------------------------------------------------
+
+def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
+    from ray import tune
+
+    from search_spaces import load_space, point_from_config
+
+    from .trial import run_trial
+
+    space = load_space(static["space_file"])
+    point = point_from_config(config, space)
+    cfg = space.validate(point)
+    data = DataSpec(**static["data"])
+    out_dir = Path(tempfile.mkdtemp(prefix="fer-trial-"))
+
+    def report(metrics: Dict[str, float], ckpt_dir: Optional[Path]) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            run_trial(cfg, data, out_dir=out_dir, report=report, resume_from=d)
+    else:
+        run_trial(cfg, data, out_dir=out_dir, report=report)
+
+
+# --- the driver -------------------------------------------------------------------------------------
+
+def _merge_spec(space, overrides: Dict[str, Any]):
+    from search_spaces import SearchSpec
+
+    base = space.search.model_dump() if getattr(space, "search", None) is not None else {}
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k == "data":
+            base.setdefault("dataset", {})["path"] = v
+        elif k == "format":
+            base.setdefault("dataset", {})["format"] = v
+        else:
+            base[k] = v
+    spec = SearchSpec.model_validate(base)
+    if spec.dataset is None:
+        raise ValueError(f"{space.where}: no dataset: give a `search: dataset:` section or --format/--data")
+    return spec
+
+
+def _searcher(space, spec, max_epochs: int):
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    from search_spaces import to_optuna, to_ray_grid, to_ray_param_space
+
+    presets = []
+    for name in spec.presets:
+        if name not in space.presets:
+            raise ValueError(f"{space.where}: search.presets names {name!r}, which is not a preset of this space "
+                             f"(presets: {', '.join(space.presets) or 'none'})")
+        presets.append(dict(space.presets[name]))
+    if spec.algorithm == "tpe":
+        from ray.tune.search.optuna import OptunaSearch
+
+        alg = OptunaSearch(space=to_optuna(space), metric=spec.metric, mode=spec.mode,
+                           points_to_evaluate=presets or None, seed=spec.seed)
+        if spec.max_concurrent:
+            alg = ConcurrencyLimiter(alg, max_concurrent=spec.max_concurrent)
+        return alg, {}
+    if spec.algorithm == "random":
+        from search_spaces import POINT_KEY
+
+        return (BasicVariantGenerator(points_to_evaluate=[{POINT_KEY: p} for p in presets] or None,
+                                      max_concurrent=spec.max_concurrent or 0),
+                to_ray_param_space(space, seed=spec.seed))
+    if spec.algorithm == "grid":
+        return BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0), to_ray_grid(space)
+    raise ValueError(f"unknown algorithm {spec.algorithm!r}; valid: tpe, random, grid")
+
+
+def _scheduler(spec, max_epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    s = spec.scheduler
+    max_t = s.max_t or max_epochs
+    if s.type == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=s.grace_period,
+                             reduction_factor=s.reduction_factor, brackets=s.brackets)
+    if s.type == "hyperband":
+        return HyperBandScheduler(time_attr="training_iteration", max_t=max_t, reduction_factor=s.reduction_factor)
+    if s.type == "fifo":
+        return FIFOScheduler()
+    raise ValueError(f"unknown scheduler {s.type!r}; valid: asha, hyperband, fifo")
+
+
+def _max_epochs(space) -> int:
+    """The largest number of epochs any point of the space trains for."""
+    for n, target in space.targets.items():
+        if target == "train.epochs":
+            return int(max(space.dimensions[n].support()))
+    return int(space.constants.get("train.epochs", 30)) if hasattr(space, "constants") else 30
+
+
+def _find_parent(client, experiment_id: str, name: str):
+    runs = client.search_runs([experiment_id], filter_string=f"tags.{TAG_KIND} = 'search' and tags.{TAG_SEARCH} = '{name}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[str] = None, format: Optional[str] = None,
+               num_samples: Optional[int] = None, storage_path: Optional[str] = None, address: Optional[str] = None,
+               tracking_uri: Optional[str] = None, resume: bool = False, verbose: int = 1) -> SearchResult:
+    from search_spaces import load_space
+
+    space = load_space(space_file)
+    spec = _merge_spec(space, dict(name=name, data=data, format=format, num_samples=num_samples,
+                                   storage_path=storage_path, address=address, tracking_uri=tracking_uri))
+    name = spec.name or Path(space.where).stem
+    max_epochs = _max_epochs(space)
+    uri = resolve_tracking_uri(spec.tracking_uri)
+    check_tracking_server(uri)
+    storage = spec.storage_path or str(Path("ray_results").resolve())
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    exp_dir = f"{storage.rstrip('/')}/{name}"
+
+    from . import ray_cluster
+
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    if spec.address:
+        ray_cluster.check_address(spec.address)
+    data_spec = data_spec_from(spec.dataset)
+    ds = data_spec.load(spec.dataset.image_size or 64)  # fails here, before anything is written, on bad data
+    cluster = ray_cluster.init_ray(spec.address)
+    ray_cluster.check_resources(resources, cluster)
+    ray_cluster.check_storage(storage)
+
+    import mlflow
+    from ray import tune
+
+    client = mlflow.MlflowClient(uri)
+    exp_id = get_or_create_experiment(client, name)
+    can_restore = tune.Tuner.can_restore(exp_dir)
+    if resume and not can_restore:
+        raise ValueError(f"--resume: no search to resume at {exp_dir}")
+    parent = _find_parent(client, exp_id, name) if (resume and can_restore) else None
+    if parent is None:
+        space_text = Path(space.path).read_text() if getattr(space, "path", None) else ""
+        parent = client.create_run(exp_id, run_name=name, tags={TAG_KIND: "search", TAG_SEARCH: name})
+        from .tracking import RunWriter, flatten
+
+        RunWriter(client).params(parent.info.run_id, flatten({
+            "algorithm": spec.algorithm, "scheduler": spec.scheduler.type, "num_samples": spec.num_samples,
+            "max_concurrent": spec.max_concurrent, "metric": spec.metric, "mode": spec.mode,
+            "space_file": str(space.path or space.where),
+            "space_sha256": hashlib.sha256(space_text.encode()).hexdigest()[:16],
+            "dataset": {"format": spec.dataset.format, "path": spec.dataset.path, "name": ds.name,
+                        "fingerprint": ds.fingerprint, "num_images": len(ds)},
+            "git_commit": git_commit(), "python": platform.python_version(), "versions": package_versions(),
+            "resources": resources, "storage": exp_dir}))
+        if space_text:
+            client.log_text(parent.info.run_id, space_text, "space.yaml")
+        client.log_text(parent.info.run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "search_spec.yaml")
+    parent_id = parent.info.run_id
+
+    from search_spaces import point_from_config
+
+    tracker = make_tracker(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, search_name=name,
+                           point_of=lambda cfg: point_from_config(cfg, space), max_epochs=max_epochs)
+    static = {"space_file": str(space.path or space_file), "data": data_spec.__dict__}
+    trainable = tune.with_resources(tune.with_parameters(tune_trainable, static=static), resources)
+    run_config = tune.RunConfig(
+        name=name, storage_path=storage, callbacks=[tracker], verbose=verbose,
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    if resume:
+        tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        searcher, param_space = _searcher(space, spec, max_epochs)
+        tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config, tune_config=tune.TuneConfig(
+            metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=_scheduler(spec, max_epochs),
+            num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
+            max_concurrent_trials=spec.max_concurrent))
+    grid = tuner.fit()
+    return _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_epochs)
+
+
+def _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_epochs) -> SearchResult:
+    from search_spaces import point_from_config
+
+    rows, failures = [], {}
+    for res in grid:
+        trial_id = res.metrics.get("trial_id") if res.metrics else None
+        point = point_from_config(res.config or {}, space)
+        row: Dict[str, Any] = {"trial_id": trial_id or Path(res.path).name, "status": "finished"}
+        if res.error is not None:
+            row["status"] = "failed"
+            failures[row["trial_id"]] = str(res.error).strip().splitlines()[-1][:300] if str(res.error).strip() else "error"
+        elif (res.metrics or {}).get("epoch", 0) < max_epochs:
+            row["status"] = "stopped_early"
+        for c in LEADERBOARD_COLUMNS:
+            row[c] = (res.metrics or {}).get(c)
+        row["point"] = point
+        rows.append(row)
+    key = spec.metric
+    sign = -1 if spec.mode == "max" else 1
+    rows.sort(key=lambda r: (r["status"] == "failed", sign * r[key] if isinstance(r.get(key), (int, float)) else float("inf")))
+    best = next((r for r in rows if r["status"] != "failed" and isinstance(r.get(key), (int, float))), None)
+    best_path = None
+    art_dir = Path(tempfile.mkdtemp(prefix="fer-search-"))
+    if best is not None:
+        best_path = Path(exp_dir if "://" not in exp_dir else art_dir) / "best_point.yaml"
+        best_path.write_text(yaml.safe_dump(best["point"], sort_keys=False))
+        client.log_artifact(parent_id, str(best_path))
+    csv_path = art_dir / "leaderboard.csv"
+    import csv
+
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "trial_id", "status", *LEADERBOARD_COLUMNS, "point"])
+        for i, r in enumerate(rows, 1):
+            w.writerow([i, r["trial_id"], r["status"], *[r.get(c) for c in LEADERBOARD_COLUMNS], json.dumps(r["point"])])
+    client.log_artifact(parent_id, str(csv_path))
+    if best is not None:
+        client.log_metric(parent_id, f"best_{key}", float(best[key]))
+    client.set_tag(parent_id, "fer_automl.num_failed", str(len(failures)))
+    client.set_terminated(parent_id, "FINISHED")
+    return SearchResult(name, exp_id, parent_id, exp_dir, rows, best["point"] if best else None, best_path,
+                        len(failures), failures)
+
+
+def format_leaderboard(rows: List[Dict[str, Any]], metric: str, top: int = 10) -> str:
+    cols = ["#", "trial", "status", metric, "val_accuracy", "test_accuracy", "epoch"]
+    lines = [" | ".join(cols)]
+    for i, r in enumerate(rows[:top], 1):
+        def f(v):
+            return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
+        lines.append(" | ".join([str(i), str(r["trial_id"]), r["status"], f(r.get(metric)), f(r.get("val_accuracy")),
+                                 f(r.get("test_accuracy")), f(r.get("epoch"))]))
+    return "\n".join(lines)

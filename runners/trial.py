@@ -1,0 +1,329 @@
+"""One trial: train a `TrialConfig` on one dataset, select on validation, test once.
+
+The same `run_trial` runs under Ray Tune (`report` = tune.report with a checkpoint) and alone
+(`fer-automl train`, with a progress line per epoch). Every epoch reports the metrics named in
+DESIGN.md and leaves a checkpoint directory holding everything needed to resume (model,
+optimizer, scheduler, loss-weighting state, epoch, best-so-far weights, config).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from fer_models import build_model
+from fer_models.losses import build_loss
+
+from .metrics import classification_metrics, confusion_matrix, per_class_report, plot_confusion_matrix
+
+STATE_FILE = "state.pt"
+BEST_FILE = "best_model.pt"
+CONFIG_FILE = "trial_config.json"
+ARTIFACTS_DIR = "artifacts"
+
+ReportFn = Callable[[Dict[str, float], Optional[Path]], None]
+
+
+class TrialFailed(RuntimeError):
+    """The trial cannot go on (non-finite loss, ...); the message is the failure reason."""
+
+
+@dataclass
+class DataSpec:
+    """Which dataset a trial reads (the `dataset:` part of a search spec)."""
+
+    format: str = "synthetic"
+    path: Optional[str] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    skip_corrupt: bool = False
+    cache_dir: Optional[str] = None
+
+    def load(self, image_size: int):
+        from .data import load_dataset
+
+        return load_dataset(self.format, self.path, image_size=image_size, seed=self.seed,
+                            val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+                            skip_corrupt=self.skip_corrupt, cache_dir=self.cache_dir, **self.options)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --- optimisation -------------------------------------------------------------------------------
+
+def build_optimizer(model: nn.Module, loss_fn: nn.Module, train) -> torch.optim.Optimizer:
+    """Two parameter groups: the backbone at lr * backbone_lr_mult, everything else at lr
+    (SCAN-CCI trains its backbone 100x slower than its heads)."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    ids = {id(p) for p in backbone}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids] + list(loss_fn.parameters())
+    groups = [{"params": backbone, "lr": train.lr * train.backbone_lr_mult, "name": "backbone"},
+              {"params": rest, "lr": train.lr, "name": "heads"}]
+    groups = [g for g in groups if g["params"]]
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay,
+                               nesterov=False)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
+    raise ValueError(f"unknown optimizer {train.optimizer!r}; valid: sgd, adamw")
+
+
+def lr_factor(epoch: int, train) -> float:
+    """Multiplier of the base learning rate for `epoch` (0-based): linear warmup, then the schedule."""
+    warm = int(train.warmup_epochs)
+    if epoch < warm:  # linear from lr/10
+        return 0.1 + 0.9 * epoch / warm
+    e, total = epoch - warm, max(int(train.epochs) - warm, 1)
+    if train.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * e / total))
+    if train.schedule == "step":
+        return train.gamma ** (e // max(int(train.step_size), 1))
+    if train.schedule == "exp":
+        return train.gamma ** e
+    if train.schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown schedule {train.schedule!r}; valid: cosine, step, exp, constant")
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+def _batches_to(device, batch):
+    x, y, pose = batch
+    return (x.to(device, non_blocking=True), y.to(device, non_blocking=True), pose.to(device, non_blocking=True))
+
+
+def evaluate(model, loss_fn, loader, device, classes: List[str], prefix: str, amp: bool,
+             channels_last: bool) -> Dict[str, Any]:
+    model.eval()
+    loss_fn.eval()
+    ys, ps, poses, pose_preds, losses = [], [], [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            x, y, pose = _batches_to(device, batch)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(x)
+            losses.append(float(loss_fn(out, y, pose).total) * len(y))
+            ys.append(y.cpu())
+            ps.append(out.logits.float().argmax(1).cpu())
+            if out.pose_logits is not None:
+                poses.append(pose.cpu())
+                pose_preds.append(out.pose_logits.float().argmax(1).cpu())
+    y = torch.cat(ys).numpy() if ys else np.zeros(0, np.int64)
+    p = torch.cat(ps).numpy() if ps else np.zeros(0, np.int64)
+    res: Dict[str, Any] = classification_metrics(y, p, classes, prefix=prefix)
+    res[f"{prefix}loss"] = float(sum(losses) / max(len(y), 1))
+    if poses:
+        pt, pp = torch.cat(poses), torch.cat(pose_preds)
+        known = pt >= 0
+        if bool(known.any()):
+            res["pose_accuracy" if prefix == "val_" else f"{prefix}pose_accuracy"] = float((pp[known] == pt[known]).float().mean())
+    res["_y"], res["_p"] = y, p
+    return res
+
+
+def _public(metrics: Dict[str, Any]) -> Dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.startswith("_")}
+
+
+def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], report: Optional[ReportFn] = None,
+              resume_from: Optional[Union[str, Path]] = None, device: Optional[str] = None,
+              num_workers: int = 0, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Train `cfg` (a TrialConfig) on `data` (a DataSpec or a loaded FERDataset).
+
+    out_dir: where checkpoints and artifacts are written (one sub-folder per epoch; the caller,
+    e.g. Ray Tune, copies what it reports). Returns the final metrics, test included.
+    """
+    from .data.torch_data import class_weights, make_loader
+    from .data.transforms import build_eval_transform, build_train_transform, normalization_for
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train, mcfg = cfg.train, cfg.model
+    image_size = int(cfg.data.image_size)
+    seed_everything(int(train.seed))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = dev.type == "cuda"
+    channels_last = dev.type == "cuda"
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    ds = data.load(image_size) if isinstance(data, DataSpec) else data
+    classes = list(ds.classes)
+    if mcfg.num_classes != len(classes):
+        mcfg = mcfg.model_copy(update={"num_classes": len(classes)})
+    if mcfg.pose_head and ds.poses is not None and mcfg.num_pose_classes != len(ds.pose_classes):
+        mcfg = mcfg.model_copy(update={"num_pose_classes": len(ds.pose_classes)})
+    model = build_model(mcfg, image_size=image_size).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    mean, std = normalization_for(mcfg.backbone)
+    train_tf = build_train_transform(image_size, float(cfg.data.aug_strength), mean, std)
+    eval_tf = build_eval_transform(image_size, mean, std)
+    balance = train.class_balance
+    cw = None
+    if balance == "reweight":
+        cw = torch.as_tensor(class_weights(ds.subset("train").labels, len(classes), method="effective"),
+                             dtype=torch.float32, device=dev)
+    loss_fn = build_loss(model, train.loss_weighting, label_smoothing=float(train.label_smoothing),
+                         class_weights=cw, dwa_temperature=float(train.dwa_temperature)).to(dev)
+    optimizer = build_optimizer(model, loss_fn, train)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, train))
+    bs = int(train.batch_size)
+    train_loader = make_loader(ds, "train", bs, train_tf, num_workers=num_workers,
+                               balance="resample" if balance == "resample" else "none", seed=int(train.seed))
+    val_loader = make_loader(ds, "val", bs, eval_tf, num_workers=num_workers, shuffle=False)
+
+    start_epoch, best = 0, {"val_balanced_accuracy": -1.0, "epoch": -1}
+    if resume_from is not None:
+        state = torch.load(Path(resume_from) / STATE_FILE, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        loss_fn.weighting.__dict__.update(state.get("weighting_state", {}))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        torch.set_rng_state(state["rng"])
+        shutil.copy(Path(resume_from) / BEST_FILE, out_dir / BEST_FILE)
+
+    epochs = int(train.epochs)
+    clip = float(train.grad_clip or 0)
+    last: Dict[str, Any] = {}
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        loss_fn.train()
+        t0, seen, total = time.perf_counter(), 0, 0.0
+        for step, batch in enumerate(train_loader):
+            x, y, pose = _batches_to(dev, batch)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(x)
+            res = loss_fn(out, y, pose)
+            if not torch.isfinite(res.total):
+                parts = {k: float(v.detach()) for k, v in res.parts.items()}
+                raise TrialFailed(f"non-finite loss {float(res.total.detach())} at epoch {epoch}, step {step} "
+                                  f"(parts: {parts}); lr={optimizer.param_groups[-1]['lr']:.3g}")
+            optimizer.zero_grad(set_to_none=True)
+            res.total.backward()
+            if clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            seen += len(y)
+            total += float(res.total.detach()) * len(y)
+        elapsed = time.perf_counter() - t0
+        loss_fn.end_epoch()
+        scheduler.step()
+        val = evaluate(model, loss_fn, val_loader, dev, classes, "val_", amp, channels_last)
+        metrics = {**_public(val), "train_loss": total / max(seen, 1), "images_per_second": seen / max(elapsed, 1e-9),
+                   "epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"]}
+        if val["val_balanced_accuracy"] > best["val_balanced_accuracy"]:
+            best = {"val_balanced_accuracy": val["val_balanced_accuracy"], "epoch": epoch + 1}
+            torch.save(model.state_dict(), out_dir / BEST_FILE)
+        metrics["best_val_balanced_accuracy"] = best["val_balanced_accuracy"]
+        ckpt = out_dir / f"checkpoint_{epoch + 1:04d}"
+        ckpt.mkdir(exist_ok=True)
+        torch.save({"model": model.state_dict(), "loss": loss_fn.state_dict(),
+                    "weighting_state": {k: v for k, v in loss_fn.weighting.__dict__.items()
+                                        if k in ("history", "current")},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "epoch": epoch, "best": best, "rng": torch.get_rng_state()}, ckpt / STATE_FILE)
+        shutil.copy(out_dir / BEST_FILE, ckpt / BEST_FILE)
+        (ckpt / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(), indent=1))
+        final = epoch == epochs - 1
+        if final:
+            metrics.update(_finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, bs, dev, amp, channels_last,
+                                   out_dir, ckpt, num_workers))
+        if log:
+            log(f"epoch {epoch + 1}/{epochs}  train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
+                f"val_acc {metrics['val_accuracy']:.4f}  val_bacc {metrics['val_balanced_accuracy']:.4f}  "
+                f"{metrics['images_per_second']:.0f} img/s")
+        if report is not None:
+            report(metrics, ckpt)
+        last = metrics
+        # keep only this epoch's checkpoint on local disk (the reporter has copied it)
+        for old in out_dir.glob("checkpoint_*"):
+            if old != ckpt and report is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    return last
+
+
+def _finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, bs, dev, amp, channels_last, out_dir, ckpt,
+            num_workers) -> Dict[str, float]:
+    """Best-validation weights, tested once; artifacts for tracking written into the checkpoint."""
+    from .data.torch_data import make_loader
+    from .data.transforms import normalization_for
+
+    model.load_state_dict(torch.load(out_dir / BEST_FILE, map_location=dev, weights_only=True))
+    art = ckpt / ARTIFACTS_DIR
+    art.mkdir(exist_ok=True)
+    out: Dict[str, float] = {}
+    has_test = "test" in set(np.asarray(ds.splits).tolist())
+    if has_test:
+        test_loader = make_loader(ds, "test", bs, eval_tf, num_workers=num_workers, shuffle=False)
+        test = evaluate(model, loss_fn, test_loader, dev, classes, "test_", amp, channels_last)
+        out = {k: v for k, v in _public(test).items() if k in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1",
+                                                                  "test_pose_accuracy")}
+        cm = confusion_matrix(test["_y"], test["_p"], len(classes))
+        plot_confusion_matrix(cm, classes, art / "confusion_matrix.png", "test (best-validation weights)")
+        (art / "per_class_metrics.json").write_text(json.dumps(
+            {"split": "test", "classes": classes, "per_class": per_class_report(test["_y"], test["_p"], classes),
+             "confusion_matrix": cm.tolist(), **out}, indent=1))
+    write_attention_overlay(model, ds, eval_tf, classes, art / "attention.png", dev)
+    shutil.copy(out_dir / BEST_FILE, art / "model.pt")
+    (art / "model_config.json").write_text(json.dumps(
+        {"trial": cfg.model_dump(), "model": mcfg.model_dump(), "classes": classes,
+         "pose_classes": list(ds.pose_classes or []), "dataset": {"name": ds.name, "fingerprint": ds.fingerprint},
+         "normalization": dict(zip(("mean", "std"), normalization_for(mcfg.backbone)))},
+        indent=1))
+    return out
+
+
+def write_attention_overlay(model, ds, eval_tf, classes, path: Path, dev, n: int = 8) -> None:
+    """A fixed probe batch (the first n validation images) with the model's attention maps overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    split = "val" if "val" in set(np.asarray(ds.splits).tolist()) else "train"
+    idx = ds.indices(split)[:n]
+    imgs = [np.asarray(ds.images[i]) for i in idx]
+    x = torch.stack([torch.as_tensor(eval_tf(image=im)["image"]).permute(2, 0, 1) for im in imgs]).float().to(dev)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    maps = out.attention_maps
+    name = max(maps, key=lambda k: maps[k].shape[-1] * maps[k].shape[-2] + (k.startswith("global")) * 1e-3) if maps else None
+    preds = out.logits.float().argmax(1).cpu().tolist()
+    fig, axes = plt.subplots(2, len(imgs), figsize=(1.6 * len(imgs), 3.4), squeeze=False)
+    for j, im in enumerate(imgs):
+        axes[0][j].imshow(im)
+        axes[0][j].set_title(f"{classes[int(ds.labels[idx[j]])]}\n-> {classes[preds[j]]}", fontsize=7)
+        axes[1][j].imshow(im)
+        if name is not None:
+            m = maps[name][j].float().cpu().numpy()
+            axes[1][j].imshow(m, cmap="jet", alpha=0.45, extent=(0, im.shape[1], im.shape[0], 0))
+        for ax in (axes[0][j], axes[1][j]):
+            ax.axis("off")
+    fig.suptitle(f"attention: {name}" if name else "attention: none (no attention module in this model)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
