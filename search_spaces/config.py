@@ -52,17 +52,14 @@ class TrainConfig(BaseModel):
 
 
 class DataConfig(BaseModel):
-    """How one trial sees its data (the dataset itself is named by the search spec)."""
+    """How one trial sees its data. The dataset itself, its splits and the loader settings belong
+    to the search spec (`search.dataset`) and the runner, not to a point."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     image_size: int = Field(112, ge=16, le=1024, description="square input size the trial trains and evaluates at")
     aug_strength: float = Field(
         0.5, ge=0.0, le=1.0, description="0 = no augmentation; 1 = the strongest random crop / colour jitter / erasing")
-    hflip: bool = Field(True, description="random horizontal flips (faces are left-right symmetric)")
-    val_fraction: float = Field(
-        0.1, gt=0.0, lt=1.0, description="share of the training subjects held out for validation when the dataset has no validation split")
-    num_workers: int = Field(0, ge=0, description="data-loader worker processes")
 
 
 class TrialConfig(BaseModel):
