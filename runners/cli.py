@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 COMMAND_GROUPS = {
     "models": "runners.commands.models",
+    "space": "runners.commands.space",
     "train": "runners.commands.train",
     "search": "runners.commands.search",
     "data": "runners.commands.data",

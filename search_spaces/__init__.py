@@ -1,0 +1,24 @@
+"""Search spaces: the YAML schema, points and their validation into a `TrialConfig`, samplers
+(seeded, Optuna define-by-run, Ray Tune random and grid) and the shipped spaces
+(`unified.yaml`, `quickstart.yaml`). Imports nothing from `runners`; Ray and Optuna only inside
+the converters that need them.
+"""
+from .config import DataConfig, TrainConfig, TrialConfig
+from .fit import fit_errors, smallest_image_size
+from .samplers import (POINT_KEY, architecture_count, architecture_key, grid_points, grid_size, point_from_config,
+                       sample, sample_point, to_optuna, to_ray_grid, to_ray_param_space)
+from .schema import PACKAGE_DIR, SHIPPED, SpaceError, load_space, resolve_space_path
+from .space import SearchSpace
+from .spec import SearchSpec
+
+
+def validate(point, space="unified") -> TrialConfig:
+    """Validate a point of `space` (a SearchSpace, a file, or a shipped name) into a TrialConfig."""
+    sp = space if isinstance(space, SearchSpace) else load_space(space)
+    return sp.validate(point)
+
+
+__all__ = ["DataConfig", "PACKAGE_DIR", "POINT_KEY", "SHIPPED", "SearchSpace", "SearchSpec", "SpaceError",
+           "TrainConfig", "TrialConfig", "architecture_count", "architecture_key", "fit_errors", "grid_points",
+           "grid_size", "load_space", "point_from_config", "resolve_space_path", "sample", "sample_point",
+           "smallest_image_size", "to_optuna", "to_ray_grid", "to_ray_param_space", "validate"]

@@ -1,0 +1,62 @@
+"""Helpers shared by the search-space tests: cheap model builds with a cache, point repair."""
+from __future__ import annotations
+
+import functools
+import json
+import random
+
+import torch
+
+from fer_models import ModelConfig, build_model
+from fer_models.cost import count_params
+from search_spaces import TrialConfig, smallest_image_size
+from search_spaces.samplers import _draw
+
+BACKBONE_COST = {"resnet18": 1, "resnet34": 2, "efficientnet_b0": 2, "mobilenetv3_large_100": 2, "resnet50": 6}
+
+
+def cost(point: dict) -> float:
+    """Rough build+forward cost of a unified.yaml point (to keep the tests fast)."""
+    c = BACKBONE_COST.get(point.get("backbone", "resnet18"), 1)
+    c += point.get("num_patches", 0) / 8 + (3 if point.get("local_kind") == "deep" else 0)
+    c += (2 if point.get("global_branch") == "multiscale" else 0) + (1 if point.get("split_stage") == 1 else 0)
+    return c
+
+
+@functools.lru_cache(maxsize=256)
+def _built(model_json: str, size: int, train_mode: bool):
+    cfg = ModelConfig.model_validate_json(model_json)
+    torch.manual_seed(0)
+    model = build_model(cfg, image_size=size)
+    model.train(train_mode)
+    torch.manual_seed(1)
+    x = torch.randn(2, cfg.in_chans, size, size)
+    with torch.no_grad():
+        out = model(x)
+    shapes = tuple(sorted((k, tuple(v.shape)) for k, v in model.state_dict().items()))
+    from fer_models.losses import build_loss
+
+    weights = build_loss(model, "fixed").weighting.fixed
+    return {"params": count_params(model), "shapes": shapes, "logits": out.logits.clone(),
+            "branches": tuple(out.branch_logits), "pose": None if out.pose_logits is None else tuple(out.pose_logits.shape),
+            "loss_weights": tuple(sorted(weights.items()))}
+
+
+def build_tiny(cfg: TrialConfig, at_least: int = 32, train_mode: bool = False) -> dict:
+    """Build the model of a config at the smallest input >= at_least that it fits, run a forward
+    pass of batch 2; cached by (model config, size)."""
+    size = smallest_image_size(cfg, at_least=at_least)
+    return _built(cfg.model.model_dump_json(), size, train_mode)
+
+
+def repair(space, point: dict, rng: random.Random) -> dict:
+    """Re-decide a point after one value changed: keep what is still active, draw what became active."""
+    out = {}
+    for n in space.order:
+        if space.is_active(n, out):
+            out[n] = point[n] if n in point else _draw(space.dimensions[n], rng)
+    return out
+
+
+def key(cfg: TrialConfig) -> str:
+    return json.dumps(cfg.model_dump(), sort_keys=True)
