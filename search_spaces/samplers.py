@@ -55,12 +55,17 @@ def sample(space: SearchSpace, n: int, seed: int = 0) -> List[Dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------
 # Optuna
-def to_optuna(space: SearchSpace) -> Callable[[Any], Dict[str, Any]]:
+class OptunaDefineByRun:
     """Define-by-run function `f(trial) -> point` for Optuna or Ray Tune's
     `OptunaSearch(space=f, metric=..., mode=...)` (single- or multi-objective): it suggests the
-    active dimensions only, each under its own name."""
+    active dimensions only, each under its own name. A module-level class, not a closure: Ray Tune
+    pickles the searcher (and this function with it) whenever it saves the experiment state."""
 
-    def define_by_run(trial) -> Dict[str, Any]:
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def __call__(self, trial) -> Dict[str, Any]:
+        space = self.space
         point: Dict[str, Any] = {}
         for n in space.order:
             if not space.is_active(n, point):
@@ -74,8 +79,10 @@ def to_optuna(space: SearchSpace) -> Callable[[Any], Dict[str, Any]]:
                 point[n] = trial.suggest_float(n, dim.low, dim.high, log=dim.log, step=dim.step)
         return point
 
-    define_by_run.space = space  # type: ignore[attr-defined]
-    return define_by_run
+
+def to_optuna(space: SearchSpace) -> OptunaDefineByRun:
+    """The space as an Optuna define-by-run function (see `OptunaDefineByRun`)."""
+    return OptunaDefineByRun(space)
 
 
 # ---------------------------------------------------------------------------------------------
