@@ -53,9 +53,15 @@ ATTENTION_REGISTRY: Dict[str, Callable[[int], nn.Module]] = {
 }
 
 
-def make_attention(name: str, channels: int) -> "AttentionGate":
+def check_attention(name: str) -> str:
+    """The name, if registered; else an error listing the valid ones."""
     if name not in ATTENTION_REGISTRY:
         raise ValueError(f"unknown attention type {name!r}; valid: {', '.join(sorted(ATTENTION_REGISTRY))}")
+    return name
+
+
+def make_attention(name: str, channels: int) -> "AttentionGate":
+    check_attention(name)
     return AttentionGate(name, ATTENTION_REGISTRY[name](channels))
 
 
@@ -86,8 +92,7 @@ class AttentionGate(nn.Module):
 
 def attention_factory(name: str) -> Callable[[int], nn.Module]:
     """A `channels -> module` factory usable as timm's `attn_layer` argument."""
-    if name not in ATTENTION_REGISTRY:
-        raise ValueError(f"unknown attention type {name!r}; valid: {', '.join(sorted(ATTENTION_REGISTRY))}")
+    check_attention(name)
 
     def factory(channels: int, **_: object) -> nn.Module:
         return make_attention(name, channels)

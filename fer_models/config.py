@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .attention import ATTENTION_REGISTRY
+from .attention import check_attention
 
 VALID_PATCH_COUNTS = (0, 1, 4, 9, 16, 25, 36, 49)
 
@@ -83,10 +83,7 @@ class ModelConfig(BaseModel):
     @field_validator("attention", "global_attention")
     @classmethod
     def _known_attention(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and v not in ATTENTION_REGISTRY:
-            raise ValueError(
-                f"unknown attention type {v!r}; valid: {', '.join(sorted(ATTENTION_REGISTRY))}")
-        return v
+        return v if v is None else check_attention(v)
 
     @field_validator("num_patches")
     @classmethod

@@ -249,8 +249,8 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         (ckpt / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(), indent=1))
         final = epoch == epochs - 1
         if final:
-            metrics.update(_finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, bs, dev, amp, channels_last,
-                                   out_dir, ckpt, num_workers))
+            metrics.update(_finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, (mean, std), bs, dev, amp,
+                                   channels_last, out_dir, ckpt, num_workers))
         if log:
             log(f"epoch {epoch + 1}/{epochs}  train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
                 f"val_acc {metrics['val_accuracy']:.4f}  val_bacc {metrics['val_balanced_accuracy']:.4f}  "
@@ -265,11 +265,10 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
     return last
 
 
-def _finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, bs, dev, amp, channels_last, out_dir, ckpt,
+def _finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, norm, bs, dev, amp, channels_last, out_dir, ckpt,
             num_workers) -> Dict[str, float]:
     """Best-validation weights, tested once; artifacts for tracking written into the checkpoint."""
     from .data.torch_data import make_loader
-    from .data.transforms import normalization_for
 
     model.load_state_dict(torch.load(out_dir / BEST_FILE, map_location=dev, weights_only=True))
     art = ckpt / ARTIFACTS_DIR
@@ -291,7 +290,7 @@ def _finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, bs, dev, amp, chann
     (art / "model_config.json").write_text(json.dumps(
         {"trial": cfg.model_dump(), "model": mcfg.model_dump(), "classes": classes,
          "pose_classes": list(ds.pose_classes or []), "dataset": {"name": ds.name, "fingerprint": ds.fingerprint},
-         "normalization": dict(zip(("mean", "std"), normalization_for(mcfg.backbone)))},
+         "normalization": dict(zip(("mean", "std"), norm))},
         indent=1))
     return out
 
