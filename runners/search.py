@@ -279,7 +279,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
 
     tracker = make_tracker(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, search_name=name,
                            point_of=lambda cfg: point_from_config(cfg, space), max_epochs=max_epochs)
-    static = {"space_file": str(space.path or space_file), "data": data_spec.__dict__,
+    static = {"space_file": str(Path(space.path).resolve()) if space.path else space_file, "data": data_spec.__dict__,
               "second_objective": spec.second_objective}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, static=static), resources)
     run_config = tune.RunConfig(
