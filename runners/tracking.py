@@ -28,6 +28,7 @@ TAG_TRIAL_ID = "fer_automl.trial_id"
 TAG_KIND = "fer_automl.kind"  # search | trial | evaluation
 TAG_STATUS = "fer_automl.status"  # finished | stopped_early | failed
 TAG_FAILURE = "fer_automl.failure_reason"
+TAG_PARETO = "fer_automl.pareto"  # true | false on the child runs of a multi-objective search
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
