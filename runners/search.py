@@ -82,21 +82,25 @@ def package_versions() -> Dict[str, str]:
 # --- the function every trial runs (on any node) ---------------------------------------------------
 
 def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
+    import ray
     from ray import tune
 
     from search_spaces import load_space, point_from_config
 
     from .trial import run_trial
 
-    space = load_space(static["space_file"])
+    # the space travels as parsed YAML: the driver's file need not exist on the node running this trial
+    space = (load_space(static["space"], name=static.get("space_where")) if static.get("space") is not None
+             else load_space(static["space_file"]))
     point = point_from_config(config, space)
     cfg = space.validate(point)
     data = DataSpec(**static["data"])
     out_dir = Path(tempfile.mkdtemp(prefix="fer-trial-"))
+    node_id = ray.get_runtime_context().get_node_id()  # which node ran it (the tracker tags the child run)
 
     def report(metrics: Dict[str, float], ckpt_dir: Optional[Path]) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
 
     second = static.get("second_objective")
     ckpt = tune.get_checkpoint()
@@ -242,7 +246,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     data_spec = data_spec_from(spec.dataset)
     ds = data_spec.load(spec.dataset.image_size or 64)  # fails here, before anything is written, on bad data
     cluster = ray_cluster.init_ray(spec.address)
-    ray_cluster.check_resources(resources, cluster)
+    ray_cluster.check_resources(resources, cluster, ray_cluster.node_resources())
     ray_cluster.check_storage(storage)
 
     import mlflow
@@ -279,8 +283,12 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
 
     tracker = make_tracker(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, search_name=name,
                            point_of=lambda cfg: point_from_config(cfg, space), max_epochs=max_epochs)
-    static = {"space_file": str(Path(space.path).resolve()) if space.path else space_file, "data": data_spec.__dict__,
-              "second_objective": spec.second_objective}
+    from search_spaces.schema import read_yaml
+
+    static = {"space_file": str(Path(space.path).resolve()) if space.path else space_file,
+              "space_where": space.where,
+              "space": read_yaml(Path(space.path)) if getattr(space, "path", None) else None,
+              "data": data_spec.__dict__, "second_objective": spec.second_objective}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, static=static), resources)
     run_config = tune.RunConfig(
         name=name, storage_path=storage, callbacks=[tracker], verbose=verbose,
