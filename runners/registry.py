@@ -301,7 +301,13 @@ def register(client, uri: str, cand: Candidate, model_name: str, metric: str, se
         model_cfg = read_model_config(art)
         tags = version_tags(client, cand, metric, model_cfg)
         with _log_into(uri, cand.run.info.experiment_id):
-            info = log_fer_model(art, name="model", run_id=cand.run_id, serialization=serialization)
+            try:
+                info = log_fer_model(art, name="model", run_id=cand.run_id, serialization=serialization)
+            except RuntimeError as exc:  # --serialization pt2 and the model does not export: nothing was logged
+                if serialization != "pt2":
+                    raise
+                raise PromoteError(f"run {cand.run_id}: {exc}; promote with --serialization auto to log it "
+                                   "as pickle") from None
     meta = (info.metadata or {}).get("fer_automl", {})
     tags[TAG_SERIALIZATION] = meta.get("serialization", "")
     if meta.get("serialization_note"):
