@@ -16,6 +16,7 @@ COMMAND_GROUPS = {
     "train": "runners.commands.train",
     "search": "runners.commands.search",
     "data": "runners.commands.data",
+    "promote": "runners.commands.promote",
 }
 
 
