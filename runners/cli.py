@@ -16,6 +16,8 @@ COMMAND_GROUPS = {
     "train": "runners.commands.train",
     "search": "runners.commands.search",
     "data": "runners.commands.data",
+    "predict": "runners.commands.predict",
+    "evaluate": "runners.commands.evaluate",
 }
 
 
