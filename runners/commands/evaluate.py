@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 
@@ -74,9 +76,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.output_dir is not None:
         write_artifacts(ev, args.output_dir)
     if not args.no_log:
-        logged = log_evaluation(ev, ref, tracking_uri=tracking, experiment=args.experiment,
-                                params={"seed": args.seed, "format": args.format,
-                                        **{f"option.{k}": v for k, v in opts.items()}})
+        # MLflow prints "View run ... at: URL" for an HTTP server: keep stdout pure JSON with --json
+        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+            logged = log_evaluation(ev, ref, tracking_uri=tracking, experiment=args.experiment,
+                                    params={"seed": args.seed, "format": args.format,
+                                            **{f"option.{k}": v for k, v in opts.items()}})
     if args.json:
         print(json.dumps({**ev.to_json(), "mlflow": {**logged, "tracking_uri": tracking} if logged else None,
                           "model_version": {"name": ref.name, "version": ref.version} if ref and ref.name else None},
