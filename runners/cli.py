@@ -17,6 +17,8 @@ COMMAND_GROUPS = {
     "search": "runners.commands.search",
     "data": "runners.commands.data",
     "promote": "runners.commands.promote",
+    "predict": "runners.commands.predict",
+    "evaluate": "runners.commands.evaluate",
 }
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from fer_models import build_model
 from fer_models.losses import build_loss
 
+from .data.splits import split_fingerprint
 from .metrics import classification_metrics, confusion_matrix, per_class_report, plot_confusion_matrix
 
 STATE_FILE = "state.pt"
@@ -302,9 +303,12 @@ def _finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, norm, bs, dev, amp,
              "confusion_matrix": cm.tolist(), **out}, indent=1))
     write_attention_overlay(model, ds, eval_tf, classes, art / "attention.png", dev)
     shutil.copy(out_dir / BEST_FILE, art / "model.pt")
+    # the split fingerprint lets `fer-automl evaluate` tell whether its 'test' is the one tested here
+    lineage = {"name": ds.name, "fingerprint": ds.fingerprint, "format": ds.format,
+               "split_fingerprint": split_fingerprint(ds.keys, ds.splits) if ds.keys is not None else None}
     (art / "model_config.json").write_text(json.dumps(
         {"trial": cfg.model_dump(), "model": mcfg.model_dump(), "classes": classes,
-         "pose_classes": list(ds.pose_classes or []), "dataset": {"name": ds.name, "fingerprint": ds.fingerprint},
+         "pose_classes": list(ds.pose_classes or []), "dataset": lineage,
          "normalization": dict(zip(("mean", "std"), norm))},
         indent=1))
     return out
