@@ -95,7 +95,6 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
     point = point_from_config(config, space)
     cfg = space.validate(point)
     data = DataSpec(**static["data"])
-    out_dir = Path(tempfile.mkdtemp(prefix="fer-trial-"))
     node_id = ray.get_runtime_context().get_node_id()  # which node ran it (the tracker tags the child run)
 
     def report(metrics: Dict[str, float], ckpt_dir: Optional[Path]) -> None:
@@ -103,12 +102,16 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
         tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
 
     second = static.get("second_objective")
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            run_trial(cfg, data, out_dir=out_dir, report=report, resume_from=d, second_objective=second)
-    else:
-        run_trial(cfg, data, out_dir=out_dir, report=report, second_objective=second)
+    # the trial's own scratch folder: every checkpoint it reports is copied into the run's storage by
+    # tune.report, so nothing in it is needed once the trial ends, however it ends
+    with tempfile.TemporaryDirectory(prefix="fer-trial-") as scratch:
+        out_dir = Path(scratch)
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                run_trial(cfg, data, out_dir=out_dir, report=report, resume_from=d, second_objective=second)
+        else:
+            run_trial(cfg, data, out_dir=out_dir, report=report, second_objective=second)
 
 
 # --- the driver -------------------------------------------------------------------------------------
@@ -335,6 +338,13 @@ def _write_csv(path: Path, header: List[str], rows: List[List[Any]]) -> None:
 
 
 def _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_epochs) -> SearchResult:
+    # the plots and tables are written to a scratch folder, logged to the parent run, then removed
+    with tempfile.TemporaryDirectory(prefix="fer-search-") as scratch:
+        return _summarise_in(Path(scratch), grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_epochs)
+
+
+def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, name, exp_dir,
+                  max_epochs) -> SearchResult:
     from search_spaces import point_from_config
 
     from .pareto import pareto_front
@@ -358,7 +368,6 @@ def _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_
         row["point"] = point
         rows.append(row)
     notes: List[str] = []
-    art_dir = Path(tempfile.mkdtemp(prefix="fer-search-"))
 
     # Optuna's plots, from a study rebuilt out of the trials in the order they ran
     try:
@@ -383,7 +392,10 @@ def _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_
     best = next((r for r in rows if r["status"] != "failed" and _is_number(r.get(key))), None)
     best_path = None
     if best is not None:
-        best_path = Path(exp_dir if "://" not in exp_dir else art_dir) / "best_point.yaml"
+        # beside the search's runs; with remote storage (s3://...) in a small folder of its own that
+        # outlives the scratch one (the path is printed; the parent run has a copy too)
+        best_path = Path(exp_dir if "://" not in exp_dir else tempfile.mkdtemp(prefix="fer-search-best-")) \
+            / "best_point.yaml"
         best_path.write_text(yaml.safe_dump(best["point"], sort_keys=False))
         client.log_artifact(parent_id, str(best_path))
     _write_csv(art_dir / "leaderboard.csv", ["rank", "trial_id", "status", *columns, "point"],

@@ -60,3 +60,14 @@ def repair(space, point: dict, rng: random.Random) -> dict:
 
 def key(cfg: TrialConfig) -> str:
     return json.dumps(cfg.model_dump(), sort_keys=True)
+
+
+# The backbone of the end-to-end search tests: a real timm backbone the builders support, ~1 M
+# parameters, so a search's checkpoints and logged weights stay small (a ResNet-18 checkpoint with
+# its AdamW state is ~180 MB: a suite of searches filled a CI disk) and trials train fast.
+SEARCH_TEST_BACKBONE = "mobilenetv3_small_100"
+
+
+def first_conv_key(state_dict) -> str:
+    """The first convolution's weight in a model's state dict (to plant NaNs in, whatever the backbone)."""
+    return next(k for k, v in state_dict.items() if k.endswith("weight") and v.dim() == 4)

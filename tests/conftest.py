@@ -77,6 +77,26 @@ class MlflowServer:
                 pass
 
 
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """`module_tmp(name)`: a temporary folder for a module's fixtures, removed when the module ends
+    if none of its tests failed (searches leave checkpoints and weights: hundreds of MB a module,
+    which pytest's own retention would keep until the session ends)."""
+    import shutil
+
+    made = []
+    failed_before = request.session.testsfailed
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    if request.session.testsfailed == failed_before:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _space_helpers import SEARCH_TEST_BACKBONE
 from tests.conftest import REPO, free_port
 
 RAY_CLI = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
@@ -198,7 +199,7 @@ SPACE = {
         "attention": {"type": "choice", "values": ["none", "se"]},
         "lr": {"type": "float", "low": 1e-3, "high": 2e-2, "log": True},
     },
-    "constants": {"model.backbone": "resnet18", "train.epochs": 1, "train.batch_size": 32,
+    "constants": {"model.backbone": SEARCH_TEST_BACKBONE, "train.epochs": 1, "train.batch_size": 32,
                   "data.image_size": 32, "train.optimizer": "adamw"},
     "search": {
         "name": "cluster-it", "dataset": {"format": "synthetic", "n": 140, "image_size": 32},

@@ -16,12 +16,12 @@ from search_spaces import DataConfig, TrainConfig, TrialConfig
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_tmp):
     """A real 1-epoch trial with local patches (the branch that once broke torch.export)."""
     ds = DataSpec(format="synthetic", options={"n": 160, "size": 32}, seed=5).load(32)
     cfg = TrialConfig(model=ModelConfig(num_patches=4, local_aggregation="mean", attention="cbam"),
                       train=TrainConfig(epochs=1, batch_size=32), data=DataConfig(image_size=32, aug_strength=0.0))
-    out = tmp_path_factory.mktemp("trial")
+    out = module_tmp("trial")
     ckpts = []
     run_trial(cfg, ds, out_dir=out, report=lambda m, c: ckpts.append(c))
     return ds, ckpts[-1] / "artifacts"

@@ -16,6 +16,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from _space_helpers import SEARCH_TEST_BACKBONE
 from conftest import run_cli
 from fer_models import ModelConfig
 from runners.cli import main
@@ -43,28 +44,31 @@ def haar_available() -> bool:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(module_tmp):
     """Environment of the CLI runs: the decode cache in a temporary folder."""
-    return {"FER_AUTOML_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
+    return {"FER_AUTOML_CACHE_DIR": str(module_tmp("cache"))}
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, mlflow_server, env):
+def model(module_tmp, mlflow_server, env):
     old_env = os.environ.get("FER_AUTOML_CACHE_DIR")
     os.environ["FER_AUTOML_CACHE_DIR"] = env["FER_AUTOML_CACHE_DIR"]
     ds = SYNTH.load(32)
-    cfg = TrialConfig(model=ModelConfig(), train=TrainConfig(epochs=1, batch_size=32),
+    cfg = TrialConfig(model=ModelConfig(backbone=SEARCH_TEST_BACKBONE), train=TrainConfig(epochs=1, batch_size=32),
                       data=DataConfig(image_size=32, aug_strength=0.0))
     reports = []
-    run_trial(cfg, ds, out_dir=tmp_path_factory.mktemp("trial"), report=lambda m, c: reports.append((m, c)))
+    run_trial(cfg, ds, out_dir=module_tmp("trial"), report=lambda m, c: reports.append((m, c)))
     metrics, ckpt = reports[-1]
     old_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(mlflow_server.uri)
-    mlflow.set_experiment("predict-evaluate-tests")
-    with mlflow.start_run():
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    # an experiment by id, not mlflow.set_experiment: that would leave this module's experiment
+    # active for the modules after it (which use their own stores)
+    exp = client.get_experiment_by_name("predict-evaluate-tests")
+    exp_id = exp.experiment_id if exp else client.create_experiment("predict-evaluate-tests")
+    with mlflow.start_run(experiment_id=exp_id):
         info = log_fer_model(ckpt / "artifacts")
     mv = mlflow.register_model(info.model_uri, NAME)
-    client = mlflow.MlflowClient(mlflow_server.uri)
     client.set_registered_model_alias(NAME, "champion", mv.version)
     predictor = load_fer_model(f"models:/{NAME}/{mv.version}")
     yield {"ds": ds, "trial_metrics": metrics, "predictor": predictor, "version": str(mv.version),

@@ -18,14 +18,16 @@ import yaml
 from runners.cli import main
 from tests.conftest import REPO, free_port
 
+
 pytestmark = pytest.mark.slow
 
 SEARCH = "registry-it"
 MODEL = "fer-expression-it"  # its own registered model: other tests may share the session's server
 SPACE = {
-    # three fixed learning rates: deterministic trials whose validation figures differ
+    # three fixed learning rates: deterministic trials whose validation figures differ (a ResNet:
+    # the ~1 M-parameter MobileNet of the other search tests predicts one class for all three here)
     "dimensions": {"lr": {"type": "choice", "values": [0.02, 0.003, 0.00001]}},
-    "constants": {"model.backbone": "resnet18", "train.epochs": 1, "train.batch_size": 32, "train.optimizer": "adamw",
+    "constants": {"model.backbone": "resnet10t", "train.epochs": 1, "train.batch_size": 32, "train.optimizer": "adamw",
                   "data.image_size": 32, "data.aug_strength": 0.0},
     "search": {"name": SEARCH, "dataset": {"format": "synthetic", "n": 210, "image_size": 32},
                "algorithm": "grid", "scheduler": {"type": "fifo"}, "num_samples": 1, "max_concurrent": 2,
@@ -34,12 +36,12 @@ SPACE = {
 
 
 @pytest.fixture(scope="module")
-def search(mlflow_server, tmp_path_factory):
+def search(mlflow_server, module_tmp):
     """The finished trials of one real search: {run_id: val_balanced_accuracy}, plus the client."""
     import mlflow
     import ray
 
-    tmp = tmp_path_factory.mktemp("registry-search")
+    tmp = module_tmp("registry-search")
     space = tmp / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     try:

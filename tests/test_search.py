@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from runners.cli import main
+from _space_helpers import SEARCH_TEST_BACKBONE, first_conv_key
 
 SPACE = {
     "dimensions": {
@@ -16,7 +17,7 @@ SPACE = {
         "local_aggregation": {"type": "choice", "values": ["max", "mean"], "condition": {"num_patches": [4]}},
         "lr": {"type": "float", "low": 1e-3, "high": 2e-2, "log": True},
     },
-    "constants": {"model.backbone": "resnet18", "train.epochs": 2, "train.batch_size": 32,
+    "constants": {"model.backbone": SEARCH_TEST_BACKBONE, "train.epochs": 2, "train.batch_size": 32,
                   "data.image_size": 32, "train.optimizer": "adamw"},
     "presets": {"plain": {"attention": "none", "num_patches": 0, "lr": 0.005}},
     "search": {
@@ -183,10 +184,11 @@ def test_failing_trials_end_as_failed_runs_with_their_reasons(tmp_path, ray_shut
     from fer_models import ModelConfig, build_model
 
     monkeypatch.chdir(tmp_path)
-    good = build_model(ModelConfig(num_classes=7))
+    good = build_model(ModelConfig(num_classes=7, backbone=SEARCH_TEST_BACKBONE))
     torch.save(good.state_dict(), tmp_path / "good.pt")
     sd = good.state_dict()
-    sd["backbone.body.conv1.weight"] = torch.full_like(sd["backbone.body.conv1.weight"], float("nan"))
+    key = first_conv_key(sd)
+    sd[key] = torch.full_like(sd[key], float("nan"))
     torch.save(sd, tmp_path / "nan.pt")
     d = yaml.safe_load(yaml.safe_dump(SPACE))
     d["dimensions"] = {"weights": {"type": "choice", "maps_to": "model.pretrained_path",
