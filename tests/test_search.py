@@ -1,6 +1,7 @@
 """A real search: local Ray, real trials on synthetic faces, a real MLflow server on 127.0.0.1."""
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,11 +51,12 @@ def ray_shutdown():
 def test_search_tracks_every_trial_in_mlflow(tmp_path, mlflow_server, ray_shutdown, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     space = write_space(tmp_path)
+    scratch = Path(tempfile.gettempdir())
+    before = set(scratch.glob("fer-trial-*")) | set(scratch.glob("fer-search-*"))
     rc = main(["search", str(space), "--tracking-uri", mlflow_server.uri, "--storage-path", str(tmp_path / "ray")])
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
     assert "search it-search: 4 trials, 0 failed" in out
-
     import mlflow
 
     client = mlflow.MlflowClient(mlflow_server.uri)
@@ -63,6 +65,13 @@ def test_search_tracks_every_trial_in_mlflow(tmp_path, mlflow_server, ray_shutdo
     parents = [r for r in runs if r.data.tags.get("fer_automl.kind") == "search"]
     children = [r for r in runs if r.data.tags.get("fer_automl.kind") == "trial"]
     assert len(parents) == 1 and len(children) == 4
+    # the trials' and the summary's scratch folders are gone (their checkpoints live in the storage
+    # path); only folders of this search count (another search on the machine may be running)
+    ours = {r.data.tags["fer_automl.trial_id"] for r in children}
+    left = [d for d in (set(scratch.glob("fer-trial-*")) | set(scratch.glob("fer-search-*"))) - before
+            if any(SEARCH_TEST_BACKBONE in f.read_text() for f in d.glob("checkpoint_*/trial_config.json"))
+            or any(t in f.read_text() for f in d.glob("leaderboard.csv") for t in ours)]
+    assert not left, left
     pid = parents[0].info.run_id
     assert all(r.data.tags["mlflow.parentRunId"] == pid for r in children)
     parent_params = parents[0].data.params
