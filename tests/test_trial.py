@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from _space_helpers import SEARCH_TEST_BACKBONE, first_conv_key
 from fer_models import ModelConfig
 from runners.trial import BEST_FILE, STATE_FILE, DataSpec, TrialFailed, lr_factor, run_trial
 from search_spaces import DataConfig, TrainConfig, TrialConfig
@@ -16,7 +17,7 @@ METRICS = {"val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_loss", 
 
 
 def _cfg(epochs=2, **model):
-    return TrialConfig(model=ModelConfig(**{"num_patches": 4, "local_aggregation": "mean", "attention": "cbam",
+    return TrialConfig(model=ModelConfig(**{"backbone": SEARCH_TEST_BACKBONE, "num_patches": 4, "local_aggregation": "mean", "attention": "cbam",
                                             "pose_head": True, "num_pose_classes": 5, **model}),
                        train=TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, loss_weighting="dwa"),
                        data=DataConfig(image_size=32, aug_strength=0.3))
@@ -80,7 +81,8 @@ def test_non_finite_loss_fails_the_trial_with_its_reason(synth, tmp_path):
     cfg = _cfg(epochs=1)
     model = build_model(cfg.model.model_copy(update={"num_classes": len(synth.classes)}))
     sd = model.state_dict()
-    sd["backbone.body.conv1.weight"] = torch.full_like(sd["backbone.body.conv1.weight"], float("nan"))
+    key = first_conv_key(sd)
+    sd[key] = torch.full_like(sd[key], float("nan"))
     path = tmp_path / "nan.pt"
     torch.save(sd, path)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_path": str(path)})})
