@@ -32,6 +32,7 @@ CONFIG_FILE = "trial_config.json"
 ARTIFACTS_DIR = "artifacts"
 
 ReportFn = Callable[[Dict[str, float], Optional[Path]], None]
+TIMING_ENV = "FER_AUTOML_TIMING_FILE"
 
 
 class TrialFailed(RuntimeError):
@@ -57,6 +58,18 @@ class DataSpec:
         return load_dataset(self.format, self.path, image_size=image_size, seed=self.seed,
                             val_fraction=self.val_fraction, test_fraction=self.test_fraction,
                             skip_corrupt=self.skip_corrupt, cache_dir=self.cache_dir, **self.options)
+
+
+def mark(event: str) -> None:
+    """Append `<unix time> <event> <pid>` to the file $FER_AUTOML_TIMING_FILE names, when it is set.
+
+    benchmarks/overhead.py times a search's start-up (CLI -> Ray -> trial -> first training step)
+    with it: nothing else tells when a trial's first step happens (its first report comes a whole
+    epoch later). Unset, it costs one environment lookup."""
+    path = os.environ.get(TIMING_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{time.time():.6f} {event} {os.getpid()}\n")
 
 
 def seed_everything(seed: int) -> None:
@@ -166,6 +179,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         torch.backends.cudnn.benchmark = True
 
     ds = data.load(image_size) if isinstance(data, DataSpec) else data
+    mark("trial_data_loaded")
     classes = list(ds.classes)
     if mcfg.num_classes != len(classes):
         mcfg = mcfg.model_copy(update={"num_classes": len(classes)})
@@ -226,6 +240,8 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
             if clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
+            if step == 0 and epoch == start_epoch:
+                mark("first_step")
             seen += len(y)
             total += float(res.total.detach()) * len(y)
         elapsed = time.perf_counter() - t0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fer_models import ModelConfig
-from runners.trial import BEST_FILE, STATE_FILE, DataSpec, TrialFailed, lr_factor, run_trial
+from runners.trial import BEST_FILE, STATE_FILE, TIMING_ENV, DataSpec, TrialFailed, lr_factor, mark, run_trial
 from search_spaces import DataConfig, TrainConfig, TrialConfig
 
 METRICS = {"val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_loss", "train_loss", "images_per_second",
@@ -27,9 +27,13 @@ def synth():
     return DataSpec(format="synthetic", options={"n": 280, "size": 32}, seed=3).load(32)
 
 
-def test_trial_reports_every_epoch_and_leaves_artifacts(synth, tmp_path):
+def test_trial_reports_every_epoch_and_leaves_artifacts(synth, tmp_path, monkeypatch):
+    timing = tmp_path / "timing.txt"
+    monkeypatch.setenv(TIMING_ENV, str(timing))  # benchmarks/overhead.py's start-up marks
     reports = []
     final = run_trial(_cfg(), synth, out_dir=tmp_path, report=lambda m, c: reports.append((dict(m), c)))
+    events = [line.split()[1] for line in timing.read_text().splitlines()]
+    assert events == ["trial_data_loaded", "first_step"]  # the first step of the run only, not of each epoch
     assert [m["epoch"] for m, _ in reports] == [1, 2]
     for m, ckpt in reports:
         assert METRICS <= set(m), METRICS - set(m)
@@ -95,3 +99,15 @@ def test_learning_rate_schedules():
     s = TrainConfig(epochs=10, schedule="step", step_size=3, gamma=0.5)
     assert [lr_factor(e, s) for e in (0, 2, 3, 6)] == [1.0, 1.0, 0.5, 0.25]
     assert lr_factor(4, TrainConfig(epochs=10, schedule="exp", gamma=0.9)) == pytest.approx(0.9 ** 4)
+
+
+def test_mark_is_a_no_op_without_its_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv(TIMING_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    mark("first_step")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv(TIMING_ENV, str(tmp_path / "t.txt"))
+    mark("a")
+    mark("b")
+    rows = [line.split() for line in (tmp_path / "t.txt").read_text().splitlines()]
+    assert [r[1] for r in rows] == ["a", "b"] and float(rows[0][0]) <= float(rows[1][0])
