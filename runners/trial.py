@@ -221,6 +221,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
     clip = float(train.grad_clip or 0)
     last: Dict[str, Any] = {}
     for epoch in range(start_epoch, epochs):
+        mark("epoch_start")
         model.train()
         loss_fn.train()
         t0, seen, total = time.perf_counter(), 0, 0.0

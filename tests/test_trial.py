@@ -33,7 +33,8 @@ def test_trial_reports_every_epoch_and_leaves_artifacts(synth, tmp_path, monkeyp
     reports = []
     final = run_trial(_cfg(), synth, out_dir=tmp_path, report=lambda m, c: reports.append((dict(m), c)))
     events = [line.split()[1] for line in timing.read_text().splitlines()]
-    assert events == ["trial_data_loaded", "first_step"]  # the first step of the run only, not of each epoch
+    # one mark per epoch start; the first step of the run only, not of each epoch
+    assert events == ["trial_data_loaded", "epoch_start", "first_step", "epoch_start"]
     assert [m["epoch"] for m, _ in reports] == [1, 2]
     for m, ckpt in reports:
         assert METRICS <= set(m), METRICS - set(m)
