@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -49,3 +49,31 @@ def measure_latency(model: nn.Module, image_size: int, batch: int = 1, repeats: 
                 times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     return {"median_s": med, "images_per_s": batch / med}
+
+
+def cost(model: nn.Module, kind: str, image_size: int, device: Optional[str] = None, repeats: int = 7,
+         bf16: bool = False, channels_last: bool = False) -> float:
+    """One cost of a model, the second objective of a multi-objective search: `params`
+    (trainable parameters), `macs` (multiply-accumulates of one image at `image_size`) or
+    `latency` (milliseconds per image at batch 1 on `device`, the median of `repeats` timed
+    forwards after two warm-up ones). Leaves the random number generators as they were, so the
+    training that follows is the same with or without it."""
+    if kind == "params":
+        return float(count_params(model))
+    if kind == "macs":
+        return float(count_macs(model, image_size))
+    if kind == "latency":
+        device = device or str(next(model.parameters()).device)
+        was_training = model.training
+        cpu_state = torch.get_rng_state()
+        cuda_state = torch.cuda.get_rng_state_all() if device.startswith("cuda") else None
+        try:
+            res = measure_latency(model, image_size, batch=1, repeats=repeats, warmup=2, device=device, bf16=bf16,
+                                  channels_last=channels_last)
+        finally:
+            torch.set_rng_state(cpu_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state_all(cuda_state)
+            model.train(was_training)
+        return 1000.0 * res["median_s"]
+    raise ValueError(f"unknown cost {kind!r}; valid: params, macs, latency")

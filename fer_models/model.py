@@ -244,7 +244,7 @@ class FERNet(nn.Module):
         cfg = self.cfg
         patches = self._split(fmap)
         P, g = len(patches), cfg.grid
-        same = len({p.shape for p in patches}) == 1
+        same = len({tuple(p.shape[-2:]) for p in patches}) == 1  # spatial only: the batch may be symbolic (torch.export)
         if cfg.local_shared and same:  # one batched call for all patches
             B = fmap.shape[0]
             ys = self.local_nets[0](torch.cat(patches, 0)).split(B, 0)

@@ -11,6 +11,7 @@
 #   ARTIFACTS       artifact store for proxied access (default $DATA_DIR/artifacts; s3://... needs boto3 and
 #                   AWS_* / MLFLOW_S3_ENDPOINT_URL for an S3-compatible store such as MinIO).
 #   HOST, PORT      bind address (default 127.0.0.1:5000: nothing but this machine can reach it).
+#   WORKERS         server worker processes (MLflow's default: 4; the tests use 1 to start fast on 2 cores).
 #   ALLOWED_HOSTS   MLflow's DNS-rebinding protection (--allowed-hosts); default: MLflow's (localhost, private IPs).
 #   CORS_ORIGINS    --cors-allowed-origins (default: MLflow's, localhost:*).
 #   AUTH=1          MLflow basic auth (--app-name basic-auth; pip install "mlflow[auth]"; experimental in MLflow;
@@ -25,6 +26,7 @@ PORT=${PORT:-5000}
 mkdir -p "$DATA_DIR"
 case "$ARTIFACTS" in *://*) ;; *) mkdir -p "$ARTIFACTS" ;; esac
 args=(server --backend-store-uri "$BACKEND" --artifacts-destination "$ARTIFACTS" --host "$HOST" --port "$PORT")
+[ -n "${WORKERS:-}" ] && args+=(--workers "$WORKERS")
 [ -n "${ALLOWED_HOSTS:-}" ] && args+=(--allowed-hosts "$ALLOWED_HOSTS")
 [ -n "${CORS_ORIGINS:-}" ] && args+=(--cors-allowed-origins "$CORS_ORIGINS")
 [ "${AUTH:-0}" = 1 ] && args+=(--app-name basic-auth)

@@ -16,6 +16,9 @@ COMMAND_GROUPS = {
     "train": "runners.commands.train",
     "search": "runners.commands.search",
     "data": "runners.commands.data",
+    "promote": "runners.commands.promote",
+    "predict": "runners.commands.predict",
+    "evaluate": "runners.commands.evaluate",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -20,8 +21,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from .tracking import (TAG_KIND, TAG_SEARCH, check_tracking_server, get_or_create_experiment, make_tracker,
-                       resolve_tracking_uri)
+from .tracking import (TAG_KIND, TAG_PARETO, TAG_SEARCH, check_tracking_server, find_child_runs,
+                       get_or_create_experiment, make_tracker, resolve_tracking_uri)
 from .trial import DataSpec, mark
 
 LEADERBOARD_COLUMNS = ["val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "test_accuracy",
@@ -39,6 +40,11 @@ class SearchResult:
     best_point_path: Optional[Path]
     num_failed: int
     failures: Dict[str, str] = field(default_factory=dict)
+    metric: str = "val_balanced_accuracy"
+    mode: str = "max"
+    second_metric: Optional[str] = None  # params | macs | latency_ms in a multi-objective search
+    pareto_front: List[Dict[str, Any]] = field(default_factory=list)  # rows on the front, best metric first
+    notes: List[str] = field(default_factory=list)  # what the summary could not do (a plot not drawn, ...)
 
 
 def data_spec_from(dataset) -> DataSpec:
@@ -76,6 +82,7 @@ def package_versions() -> Dict[str, str]:
 # --- the function every trial runs (on any node) ---------------------------------------------------
 
 def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
+    import ray
     from ray import tune
 
     from search_spaces import load_space, point_from_config
@@ -83,22 +90,26 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
     from .trial import run_trial
 
     mark("trial_start")
-    space = load_space(static["space_file"])
+    # the space travels as parsed YAML: the driver's file need not exist on the node running this trial
+    space = (load_space(static["space"], name=static.get("space_where")) if static.get("space") is not None
+             else load_space(static["space_file"]))
     point = point_from_config(config, space)
     cfg = space.validate(point)
     data = DataSpec(**static["data"])
     out_dir = Path(tempfile.mkdtemp(prefix="fer-trial-"))
+    node_id = ray.get_runtime_context().get_node_id()  # which node ran it (the tracker tags the child run)
 
     def report(metrics: Dict[str, float], ckpt_dir: Optional[Path]) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
 
+    second = static.get("second_objective")
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            run_trial(cfg, data, out_dir=out_dir, report=report, resume_from=d)
+            run_trial(cfg, data, out_dir=out_dir, report=report, resume_from=d, second_objective=second)
     else:
-        run_trial(cfg, data, out_dir=out_dir, report=report)
+        run_trial(cfg, data, out_dir=out_dir, report=report, second_objective=second)
 
 
 # --- the driver -------------------------------------------------------------------------------------
@@ -122,6 +133,21 @@ def _merge_spec(space, overrides: Dict[str, Any]):
     return spec
 
 
+def grid_settings(space, spec):
+    """What a grid search enumerates: (values per dimension from `search.grid`, fixed values for the
+    float dimensions left over (their midpoints), the message naming what was fixed or None)."""
+    from search_spaces import grid_midpoints
+
+    values = dict(spec.grid)
+    fixed = grid_midpoints(space, values=values)
+    note = None
+    if fixed:
+        named = ", ".join(f"{n}={v:g}" for n, v in fixed.items())
+        note = (f"grid: float dimensions fixed at the middle of their range: {named} "
+                "(list values to try under search.grid to change this)")
+    return values, fixed, note
+
+
 def _searcher(space, spec, max_epochs: int):
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
@@ -136,7 +162,11 @@ def _searcher(space, spec, max_epochs: int):
     if spec.algorithm == "tpe":
         from ray.tune.search.optuna import OptunaSearch
 
-        alg = OptunaSearch(space=to_optuna(space), metric=spec.metric, mode=spec.mode,
+        # multi-objective: Optuna optimises both (the study gets two directions); the scheduler
+        # (ASHA) still stops trials on the primary metric alone, given to TuneConfig
+        metric, mode = ((spec.metric, spec.mode) if not spec.second_metric
+                        else ([spec.metric, spec.second_metric], [spec.mode, "min"]))
+        alg = OptunaSearch(space=to_optuna(space), metric=metric, mode=mode,
                            points_to_evaluate=presets or None, seed=spec.seed)
         if spec.max_concurrent:
             alg = ConcurrencyLimiter(alg, max_concurrent=spec.max_concurrent)
@@ -148,7 +178,9 @@ def _searcher(space, spec, max_epochs: int):
                                       max_concurrent=spec.max_concurrent or 0),
                 to_ray_param_space(space, seed=spec.seed))
     if spec.algorithm == "grid":
-        return BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0), to_ray_grid(space)
+        values, fixed, _ = grid_settings(space, spec)
+        return (BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0),
+                to_ray_grid(space, fixed=fixed, values=values))
     raise ValueError(f"unknown algorithm {spec.algorithm!r}; valid: tpe, random, grid")
 
 
@@ -199,6 +231,15 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         storage = str(Path(storage).expanduser().resolve())
     exp_dir = f"{storage.rstrip('/')}/{name}"
 
+    grid_note = None
+    if spec.algorithm == "grid":  # the grid is checked (and its fixed floats named) before anything runs
+        from search_spaces import grid_points
+
+        grid_values, grid_fixed, grid_note = grid_settings(space, spec)
+        grid_points(space, fixed=grid_fixed, values=grid_values)
+        if grid_note and verbose:
+            print(grid_note, flush=True)
+
     from . import ray_cluster
 
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
@@ -209,7 +250,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     mark("dataset_loaded")
     cluster = ray_cluster.init_ray(spec.address)
     mark("ray_started")
-    ray_cluster.check_resources(resources, cluster)
+    ray_cluster.check_resources(resources, cluster, ray_cluster.node_resources())
     ray_cluster.check_storage(storage)
 
     import mlflow
@@ -229,12 +270,14 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         RunWriter(client).params(parent.info.run_id, flatten({
             "algorithm": spec.algorithm, "scheduler": spec.scheduler.type, "num_samples": spec.num_samples,
             "max_concurrent": spec.max_concurrent, "metric": spec.metric, "mode": spec.mode,
+            "second_objective": spec.second_objective,
             "space_file": str(space.path or space.where),
             "space_sha256": hashlib.sha256(space_text.encode()).hexdigest()[:16],
             "dataset": {"format": spec.dataset.format, "path": spec.dataset.path, "name": ds.name,
                         "fingerprint": ds.fingerprint, "num_images": len(ds)},
             "git_commit": git_commit(), "python": platform.python_version(), "versions": package_versions(),
-            "resources": resources, "storage": exp_dir}))
+            "resources": resources, "storage": exp_dir,
+            **({"grid_fixed": grid_settings(space, spec)[1]} if spec.algorithm == "grid" else {})}))
         if space_text:
             client.log_text(parent.info.run_id, space_text, "space.yaml")
         client.log_text(parent.info.run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "search_spec.yaml")
@@ -244,7 +287,12 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
 
     tracker = make_tracker(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, search_name=name,
                            point_of=lambda cfg: point_from_config(cfg, space), max_epochs=max_epochs)
-    static = {"space_file": str(space.path or space_file), "data": data_spec.__dict__}
+    from search_spaces.schema import read_yaml
+
+    static = {"space_file": str(Path(space.path).resolve()) if space.path else space_file,
+              "space_where": space.where,
+              "space": read_yaml(Path(space.path)) if getattr(space, "path", None) else None,
+              "data": data_spec.__dict__, "second_objective": spec.second_objective}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, static=static), resources)
     run_config = tune.RunConfig(
         name=name, storage_path=storage, callbacks=[tracker], verbose=verbose,
@@ -260,14 +308,48 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
             max_concurrent_trials=spec.max_concurrent))
     mark("fit_start")
     grid = tuner.fit()
-    return _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_epochs)
+    res = _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_epochs)
+    if grid_note:
+        res.notes.insert(0, grid_note)
+    return res
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def sort_leaderboard(rows: List[Dict[str, Any]], metric: str, mode: str) -> List[Dict[str, Any]]:
+    """Best `metric` first (by `mode`); trials without a finite value of it after those with one;
+    failed trials last. Ties keep the order the trials ran in."""
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(rows, key=lambda r: (r["status"] == "failed", not _is_number(r.get(metric)),
+                                       sign * float(r[metric]) if _is_number(r.get(metric)) else 0.0))
+
+
+def leaderboard_columns(second_metric: Optional[str]) -> List[str]:
+    return LEADERBOARD_COLUMNS + ([second_metric, "pareto"] if second_metric else [])
+
+
+def _write_csv(path: Path, header: List[str], rows: List[List[Any]]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
 
 
 def _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_epochs) -> SearchResult:
     from search_spaces import point_from_config
 
+    from .pareto import pareto_front
+    from .study_plots import rebuild_study, write_plots
+    from .tracking import RunWriter
+
+    second = spec.second_metric
+    columns = leaderboard_columns(second)
     rows, failures = [], {}
-    for res in grid:
+    for res in grid:  # the order the trials ran in
         trial_id = res.metrics.get("trial_id") if res.metrics else None
         point = point_from_config(res.config or {}, space)
         row: Dict[str, Any] = {"trial_id": trial_id or Path(res.path).name, "status": "finished"}
@@ -276,43 +358,92 @@ def _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_
             failures[row["trial_id"]] = str(res.error).strip().splitlines()[-1][:300] if str(res.error).strip() else "error"
         elif (res.metrics or {}).get("epoch", 0) < max_epochs:
             row["status"] = "stopped_early"
-        for c in LEADERBOARD_COLUMNS:
+        for c in LEADERBOARD_COLUMNS + ([second] if second else []):
             row[c] = (res.metrics or {}).get(c)
         row["point"] = point
         rows.append(row)
-    key = spec.metric
-    sign = -1 if spec.mode == "max" else 1
-    rows.sort(key=lambda r: (r["status"] == "failed", sign * r[key] if isinstance(r.get(key), (int, float)) else float("inf")))
-    best = next((r for r in rows if r["status"] != "failed" and isinstance(r.get(key), (int, float))), None)
-    best_path = None
+    notes: List[str] = []
     art_dir = Path(tempfile.mkdtemp(prefix="fer-search-"))
+
+    # Optuna's plots, from a study rebuilt out of the trials in the order they ran
+    try:
+        study, skipped = rebuild_study(rows, space, spec.metric, spec.mode, second)
+        notes += skipped
+        _, plot_notes = write_plots(study, art_dir / "plots", spec.metric, second)
+        notes += plot_notes
+        client.log_artifacts(parent_id, str(art_dir / "plots"), "plots")
+    except Exception as exc:  # noqa: BLE001 - the plots must not lose the leaderboard
+        notes.append(f"plots: not written: {type(exc).__name__}: {exc}")
+
+    key = spec.metric
+    front: List[Dict[str, Any]] = []
+    if second:
+        on_front = set(pareto_front(rows, key, spec.mode, second))
+        for i, r in enumerate(rows):
+            r["pareto"] = i in on_front
+    rows = sort_leaderboard(rows, key, spec.mode)
+    if second:
+        front = [r for r in rows if r.get("pareto")]
+        front.sort(key=lambda r: (-1.0 if spec.mode == "max" else 1.0) * float(r[key]))  # stable: ties as ranked
+    best = next((r for r in rows if r["status"] != "failed" and _is_number(r.get(key))), None)
+    best_path = None
     if best is not None:
         best_path = Path(exp_dir if "://" not in exp_dir else art_dir) / "best_point.yaml"
         best_path.write_text(yaml.safe_dump(best["point"], sort_keys=False))
         client.log_artifact(parent_id, str(best_path))
-    csv_path = art_dir / "leaderboard.csv"
-    import csv
-
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["rank", "trial_id", "status", *LEADERBOARD_COLUMNS, "point"])
-        for i, r in enumerate(rows, 1):
-            w.writerow([i, r["trial_id"], r["status"], *[r.get(c) for c in LEADERBOARD_COLUMNS], json.dumps(r["point"])])
-    client.log_artifact(parent_id, str(csv_path))
+    _write_csv(art_dir / "leaderboard.csv", ["rank", "trial_id", "status", *columns, "point"],
+               [[i, r["trial_id"], r["status"], *[r.get(c) for c in columns], json.dumps(r["point"])]
+                for i, r in enumerate(rows, 1)])
+    client.log_artifact(parent_id, str(art_dir / "leaderboard.csv"))
+    if second:
+        rank = {id(r): i for i, r in enumerate(rows, 1)}
+        _write_csv(art_dir / "pareto_front.csv", ["rank", "trial_id", "status", key, second, "point"],
+                   [[rank[id(r)], r["trial_id"], r["status"], r[key], r[second], json.dumps(r["point"])] for r in front])
+        client.log_artifact(parent_id, str(art_dir / "pareto_front.csv"))
+        writer = RunWriter(client)
+        children = find_child_runs(client, exp_id, parent_id)
+        for r in rows:
+            run = children.get(r["trial_id"])
+            if run is not None:
+                writer.tags(run.info.run_id, {TAG_PARETO: "true" if r.get("pareto") else "false"})
+        client.set_tag(parent_id, "fer_automl.pareto_size", str(len(front)))
     if best is not None:
         client.log_metric(parent_id, f"best_{key}", float(best[key]))
     client.set_tag(parent_id, "fer_automl.num_failed", str(len(failures)))
+    if notes:
+        client.log_text(parent_id, "\n".join(notes) + "\n", "notes.txt")
     client.set_terminated(parent_id, "FINISHED")
     return SearchResult(name, exp_id, parent_id, exp_dir, rows, best["point"] if best else None, best_path,
-                        len(failures), failures)
+                        len(failures), failures, metric=key, mode=spec.mode, second_metric=second,
+                        pareto_front=front, notes=notes)
 
 
-def format_leaderboard(rows: List[Dict[str, Any]], metric: str, top: int = 10) -> str:
-    cols = ["#", "trial", "status", metric, "val_accuracy", "test_accuracy", "epoch"]
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return "-" if v is None else str(v)
+
+
+def format_leaderboard(rows: List[Dict[str, Any]], metric: str, top: int = 10,
+                       second_metric: Optional[str] = None) -> str:
+    """The leaderboard as text: its first `top` rows (a multi-objective search adds the second
+    objective and whether the trial is on the Pareto front)."""
+    extra = [second_metric, "pareto"] if second_metric else []
+    cols = ["#", "trial", "status", metric, "val_accuracy", "test_accuracy", "epoch", *extra]
     lines = [" | ".join(cols)]
     for i, r in enumerate(rows[:top], 1):
-        def f(v):
-            return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
-        lines.append(" | ".join([str(i), str(r["trial_id"]), r["status"], f(r.get(metric)), f(r.get("val_accuracy")),
-                                 f(r.get("test_accuracy")), f(r.get("epoch"))]))
+        lines.append(" | ".join([str(i), str(r["trial_id"]), r["status"]]
+                                + [_fmt(r.get(c)) for c in cols[3:]]))
+    return "\n".join(lines)
+
+
+def format_pareto(front: List[Dict[str, Any]], metric: str, second_metric: str) -> str:
+    """The Pareto front as text, best metric first, with each trial's point."""
+    lines = [" | ".join(["trial", "status", metric, second_metric, "point"])]
+    for r in front:
+        point = json.dumps(r.get("point"))
+        lines.append(" | ".join([str(r["trial_id"]), r["status"], _fmt(r.get(metric)), _fmt(r.get(second_metric)),
+                                 point if len(point) <= 240 else "(long: see pareto_front.csv)"]))
     return "\n".join(lines)

@@ -28,6 +28,9 @@ TAG_TRIAL_ID = "fer_automl.trial_id"
 TAG_KIND = "fer_automl.kind"  # search | trial | evaluation
 TAG_STATUS = "fer_automl.status"  # finished | stopped_early | failed
 TAG_FAILURE = "fer_automl.failure_reason"
+TAG_PARETO = "fer_automl.pareto"  # true | false on the child runs of a multi-objective search
+TAG_NODE_ID = "fer_automl.node_id"  # the Ray node that ran the trial (its latest attempt)
+TAG_NODE_IP = "fer_automl.node_ip"
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
@@ -156,6 +159,7 @@ def make_tracker(**kwargs):
             self.runs: Dict[str, str] = {}  # trial id -> run id
             self.last_step: Dict[str, int] = {}
             self.failures: Dict[str, str] = {}
+            self.nodes: Dict[str, str] = {}  # trial id -> Ray node id last tagged
             self._client = None
             self._writer: Optional[RunWriter] = None
             self._last_flush = time.time()
@@ -201,6 +205,11 @@ def make_tracker(**kwargs):
             step = int(result.get("epoch", result.get("training_iteration", 0)))
             self.last_step[trial.trial_id] = step
             self.writer.metric(rid, numeric_metrics(result, self.metric_names), step)
+            node = result.get("node_id")
+            nodes = self.__dict__.setdefault("nodes", {})  # a tracker restored from an older search has none
+            if node and nodes.get(trial.trial_id) != node:
+                nodes[trial.trial_id] = node
+                self.writer.tags(rid, {TAG_NODE_ID: node, TAG_NODE_IP: result.get("node_ip", "")})
             if time.time() - self._last_flush > self.flush_every_s:
                 self.writer.flush()
                 self._last_flush = time.time()

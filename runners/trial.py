@@ -24,6 +24,7 @@ from torch import nn
 from fer_models import build_model
 from fer_models.losses import build_loss
 
+from .data.splits import split_fingerprint
 from .metrics import classification_metrics, confusion_matrix, per_class_report, plot_confusion_matrix
 
 STATE_FILE = "state.pt"
@@ -158,11 +159,14 @@ def _public(metrics: Dict[str, Any]) -> Dict[str, float]:
 
 def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], report: Optional[ReportFn] = None,
               resume_from: Optional[Union[str, Path]] = None, device: Optional[str] = None,
-              num_workers: int = 0, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+              num_workers: int = 0, log: Optional[Callable[[str], None]] = None,
+              second_objective: Optional[str] = None) -> Dict[str, Any]:
     """Train `cfg` (a TrialConfig) on `data` (a DataSpec or a loaded FERDataset).
 
     out_dir: where checkpoints and artifacts are written (one sub-folder per epoch; the caller,
     e.g. Ray Tune, copies what it reports). Returns the final metrics, test included.
+    second_objective: `params`, `macs` or `latency` (a multi-objective search): measured once on
+    the built model and reported with every epoch as `params`, `macs` or `latency_ms`.
     """
     from .data.torch_data import class_weights, make_loader
     from .data.transforms import build_eval_transform, build_train_transform, normalization_for
@@ -206,8 +210,20 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
     val_loader = make_loader(ds, "val", bs, eval_tf, num_workers=num_workers, shuffle=False)
 
     start_epoch, best = 0, {"val_balanced_accuracy": -1.0, "epoch": -1}
+    costs: Dict[str, float] = {}
+    state = None
     if resume_from is not None:
         state = torch.load(Path(resume_from) / STATE_FILE, map_location=dev, weights_only=False)
+        costs = dict(state.get("costs", {}))
+    if second_objective:
+        from fer_models.cost import cost
+        from search_spaces import SECOND_OBJECTIVE_METRICS
+
+        name = SECOND_OBJECTIVE_METRICS[second_objective]
+        if name not in costs:  # once per trial: a resumed trial reports what it measured before
+            costs[name] = cost(model, second_objective, image_size, device=str(dev), bf16=amp,
+                               channels_last=channels_last)
+    if state is not None:
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         loss_fn.weighting.__dict__.update(state.get("weighting_state", {}))
@@ -250,7 +266,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         scheduler.step()
         val = evaluate(model, loss_fn, val_loader, dev, classes, "val_", amp, channels_last)
         metrics = {**_public(val), "train_loss": total / max(seen, 1), "images_per_second": seen / max(elapsed, 1e-9),
-                   "epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"]}
+                   "epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **costs}
         if val["val_balanced_accuracy"] > best["val_balanced_accuracy"]:
             best = {"val_balanced_accuracy": val["val_balanced_accuracy"], "epoch": epoch + 1}
             torch.save(model.state_dict(), out_dir / BEST_FILE)
@@ -261,7 +277,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
                     "weighting_state": {k: v for k, v in loss_fn.weighting.__dict__.items()
                                         if k in ("history", "current")},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "epoch": epoch, "best": best, "rng": torch.get_rng_state()}, ckpt / STATE_FILE)
+                    "epoch": epoch, "best": best, "rng": torch.get_rng_state(), "costs": costs}, ckpt / STATE_FILE)
         shutil.copy(out_dir / BEST_FILE, ckpt / BEST_FILE)
         (ckpt / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(), indent=1))
         final = epoch == epochs - 1
@@ -304,9 +320,12 @@ def _finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, norm, bs, dev, amp,
              "confusion_matrix": cm.tolist(), **out}, indent=1))
     write_attention_overlay(model, ds, eval_tf, classes, art / "attention.png", dev)
     shutil.copy(out_dir / BEST_FILE, art / "model.pt")
+    # the split fingerprint lets `fer-automl evaluate` tell whether its 'test' is the one tested here
+    lineage = {"name": ds.name, "fingerprint": ds.fingerprint, "format": ds.format,
+               "split_fingerprint": split_fingerprint(ds.keys, ds.splits) if ds.keys is not None else None}
     (art / "model_config.json").write_text(json.dumps(
         {"trial": cfg.model_dump(), "model": mcfg.model_dump(), "classes": classes,
-         "pose_classes": list(ds.pose_classes or []), "dataset": {"name": ds.name, "fingerprint": ds.fingerprint},
+         "pose_classes": list(ds.pose_classes or []), "dataset": lineage,
          "normalization": dict(zip(("mean", "std"), norm))},
         indent=1))
     return out

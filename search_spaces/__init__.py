@@ -5,11 +5,12 @@ the converters that need them.
 """
 from .config import DataConfig, TrainConfig, TrialConfig
 from .fit import fit_errors, smallest_image_size
-from .samplers import (POINT_KEY, architecture_count, architecture_key, grid_points, grid_size, point_from_config,
-                       sample, sample_point, to_optuna, to_ray_grid, to_ray_param_space)
+from .samplers import (POINT_KEY, architecture_count, architecture_key, grid_midpoints, grid_points, grid_size,
+                       optuna_distributions, point_from_config, sample, sample_point, to_optuna, to_ray_grid,
+                       to_ray_param_space)
 from .schema import PACKAGE_DIR, SHIPPED, SpaceError, load_space, resolve_space_path
 from .space import SearchSpace
-from .spec import SearchSpec
+from .spec import SECOND_OBJECTIVE_METRICS, SearchSpec
 
 
 def validate(point, space="unified") -> TrialConfig:
@@ -18,7 +19,8 @@ def validate(point, space="unified") -> TrialConfig:
     return sp.validate(point)
 
 
-__all__ = ["DataConfig", "PACKAGE_DIR", "POINT_KEY", "SHIPPED", "SearchSpace", "SearchSpec", "SpaceError",
-           "TrainConfig", "TrialConfig", "architecture_count", "architecture_key", "fit_errors", "grid_points",
-           "grid_size", "load_space", "point_from_config", "resolve_space_path", "sample", "sample_point",
-           "smallest_image_size", "to_optuna", "to_ray_grid", "to_ray_param_space", "validate"]
+__all__ = ["DataConfig", "PACKAGE_DIR", "POINT_KEY", "SECOND_OBJECTIVE_METRICS", "SHIPPED", "SearchSpace",
+           "SearchSpec", "SpaceError", "TrainConfig", "TrialConfig", "architecture_count", "architecture_key",
+           "fit_errors", "grid_midpoints", "grid_points", "grid_size", "load_space", "optuna_distributions",
+           "point_from_config", "resolve_space_path", "sample", "sample_point", "smallest_image_size", "to_optuna",
+           "to_ray_grid", "to_ray_param_space", "validate"]

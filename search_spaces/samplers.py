@@ -13,7 +13,7 @@ import math
 import random
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
-from .schema import ChoiceDim, FloatDim, IntDim, SpaceError
+from .schema import ChoiceDim, FloatDim, IntDim, SpaceError, same_value
 from .space import SearchSpace, log_uniform
 
 # Ray param spaces (random, grid) put the whole point under this key: one sample decides every
@@ -85,6 +85,24 @@ def to_optuna(space: SearchSpace) -> OptunaDefineByRun:
     return OptunaDefineByRun(space)
 
 
+def optuna_distributions(space: SearchSpace) -> Dict[str, Any]:
+    """Every dimension as the Optuna distribution `OptunaDefineByRun` suggests it from (the same
+    bounds, log and step): what `optuna.trial.create_trial` needs to rebuild a study from
+    finished trials."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: Dict[str, Any] = {}
+    for n in space.order:
+        dim = space.dimensions[n]
+        if isinstance(dim, ChoiceDim):
+            out[n] = CategoricalDistribution(dim.values)
+        elif isinstance(dim, IntDim):
+            out[n] = IntDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+        else:
+            out[n] = FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Ray Tune
 def to_ray_param_space(space: SearchSpace, seed: Optional[int] = None) -> Dict[str, Any]:
@@ -102,11 +120,11 @@ def to_ray_param_space(space: SearchSpace, seed: Optional[int] = None) -> Dict[s
 
 
 def to_ray_grid(space: SearchSpace, fixed: Optional[Mapping[str, Any]] = None,
-                max_points: int = 10_000) -> Dict[str, Any]:
+                max_points: int = 10_000, values: Optional[Mapping[str, Sequence[Any]]] = None) -> Dict[str, Any]:
     """Param space for a Ray Tune grid search: `{"point": tune.grid_search([...every point...])}`."""
     from ray import tune
 
-    return {POINT_KEY: tune.grid_search(grid_points(space, fixed=fixed, max_points=max_points))}
+    return {POINT_KEY: tune.grid_search(grid_points(space, fixed=fixed, max_points=max_points, values=values))}
 
 
 def point_from_config(config: Mapping[str, Any], space: Optional[SearchSpace] = None) -> Dict[str, Any]:
@@ -167,14 +185,30 @@ def _enumerate(space: SearchSpace, names: Sequence[str], values: Mapping[str, Li
     yield from rec(0, {})
 
 
-def _grid_values(space: SearchSpace, fixed: Mapping[str, Any]) -> Dict[str, List[Any]]:
-    for k in fixed:
+def _grid_values(space: SearchSpace, fixed: Mapping[str, Any],
+                 listed: Optional[Mapping[str, Sequence[Any]]] = None) -> Dict[str, List[Any]]:
+    listed = listed or {}
+    for k in list(fixed) + list(listed):
         if k not in space.dimensions:
             raise SpaceError(f"{space.where}: grid: fixed value for unknown dimension {k!r}")
+        if k in fixed and k in listed:
+            raise SpaceError(f"{space.where}: grid: dimension {k!r} is both fixed and given grid values")
     values: Dict[str, List[Any]] = {}
     for n in space.order:
         dim = space.dimensions[n]
-        if n in fixed:
+        if n in listed:
+            if not listed[n]:
+                raise SpaceError(f"{space.where}: grid: dimension {n!r}: empty list of grid values")
+            checked: List[Any] = []
+            for i, v in enumerate(listed[n]):
+                try:
+                    v = dim.check(v)
+                except ValueError as exc:
+                    raise SpaceError(f"{space.where}: grid: values of dimension {n!r}[{i}]: {exc}") from None
+                if not any(same_value(v, c) for c in checked):
+                    checked.append(v)
+            values[n] = checked
+        elif n in fixed:
             try:
                 values[n] = [dim.check(fixed[n])]
             except ValueError as exc:
@@ -207,16 +241,19 @@ def _grid_parts(space: SearchSpace, values: Mapping[str, List[Any]]) -> List[Lis
     return _components(space, [n for n in space.order if len(values[n]) > 1])
 
 
-def grid_size(space: SearchSpace, fixed: Optional[Mapping[str, Any]] = None) -> int:
-    values = _grid_values(space, fixed or {})
+def grid_size(space: SearchSpace, fixed: Optional[Mapping[str, Any]] = None,
+              values: Optional[Mapping[str, Sequence[Any]]] = None) -> int:
+    values = _grid_values(space, fixed or {}, values)
     return math.prod(_count(space, comp, values) for comp in _grid_parts(space, values))
 
 
 def grid_points(space: SearchSpace, fixed: Optional[Mapping[str, Any]] = None,
-                max_points: int = 10_000) -> List[Dict[str, Any]]:
+                max_points: int = 10_000, values: Optional[Mapping[str, Sequence[Any]]] = None) -> List[Dict[str, Any]]:
     """Every combination of the choice (and int) dimensions, conditions respected; float
-    dimensions must be fixed (`fixed={name: value}`) or be a single value."""
-    values = _grid_values(space, fixed or {})
+    dimensions must be fixed (`fixed={name: value}`), be given a list of grid values
+    (`values={name: [v1, v2]}`, which may also narrow a choice or int dimension) or be a single
+    value. `grid_midpoints` gives fixed values for the floats left over."""
+    values = _grid_values(space, fixed or {}, values)
     comps = _grid_parts(space, values)
     total = math.prod(_count(space, comp, values) for comp in comps)
     if total > max_points:
@@ -233,6 +270,26 @@ def grid_points(space: SearchSpace, fixed: Optional[Mapping[str, Any]] = None,
             if space.is_active(n, point):
                 point[n] = merged[n] if n in merged else values[n][0]
         out.append(point)
+    return out
+
+
+def grid_midpoints(space: SearchSpace, values: Optional[Mapping[str, Sequence[Any]]] = None,
+                   fixed: Optional[Mapping[str, Any]] = None) -> Dict[str, float]:
+    """A value for every float dimension a grid would otherwise refuse (a range, neither listed in
+    `values` nor in `fixed`): the middle of its range (geometric for log ranges), on its step where
+    it has one, rounded to 3 significant digits (kept inside the range)."""
+    values, fixed = values or {}, fixed or {}
+    out: Dict[str, float] = {}
+    for n in space.order:
+        dim = space.dimensions[n]
+        if not isinstance(dim, FloatDim) or dim.low == dim.high or n in values or n in fixed:
+            continue
+        mid = math.sqrt(dim.low * dim.high) if dim.log else (dim.low + dim.high) / 2
+        if dim.step is not None:
+            mid = dim.low + round((mid - dim.low) / dim.step) * dim.step
+        else:
+            mid = float(f"{mid:.3g}")
+        out[n] = min(max(mid, dim.low), dim.high)
     return out
 
 

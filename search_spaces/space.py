@@ -50,6 +50,18 @@ class SearchSpace:
                     if p not in self.presets:
                         errors.append(self._err(f"search.presets[{i}]",
                                                 f"unknown preset {p!r} (this file defines: {', '.join(self.presets) or 'none'})"))
+                for n, vals in self.search.grid.items():
+                    if n not in self.dimensions:
+                        errors.append(self._err(f"search.grid.{n}", f"unknown dimension {n!r} "
+                                                                    f"(dimensions: {', '.join(self.dimensions)})"))
+                        continue
+                    if not vals:
+                        errors.append(self._err(f"search.grid.{n}", "empty list of grid values"))
+                    for i, v in enumerate(vals):
+                        try:
+                            self.dimensions[n].check(v)
+                        except ValueError as exc:
+                            errors.append(self._err(f"search.grid.{n}[{i}]", f"dimension {n!r}: {exc}"))
         if errors:
             raise SpaceError("\n".join(errors))
 

@@ -5,13 +5,16 @@ search setting fails when the file is loaded, not minutes into a search.
 """
 from __future__ import annotations
 
-from typing import List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # What the trial reports every epoch (shared/DESIGN.md): the metric a search may optimise.
 REPORTED_METRICS = ("val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "train_loss",
                     "pose_accuracy", "images_per_second")
+
+# The metric each `second_objective` is reported under (every epoch, beside the metrics above).
+SECOND_OBJECTIVE_METRICS = {"params": "params", "macs": "macs", "latency": "latency_ms"}
 
 
 class _Strict(BaseModel):
@@ -85,6 +88,9 @@ class SearchSpec(_Strict):
     mode: Optional[Literal["max", "min"]] = Field(None, description="default: min for losses, max otherwise")
     second_objective: Optional[Literal["params", "macs", "latency"]] = Field(
         None, description="minimised beside the metric: a multi-objective search with a Pareto front")
+    grid: Dict[str, List[Any]] = Field(
+        default_factory=dict, description="algorithm grid: the values to try per dimension (float dimensions "
+                                          "not listed are fixed at their midpoint; a list may narrow a choice)")
     storage_path: Optional[str] = None
     address: Optional[str] = Field(None, description="Ray: none = a local Ray; 'auto' or ray://host:port = that cluster")
     tracking_uri: Optional[str] = None
@@ -107,4 +113,11 @@ class SearchSpec(_Strict):
     def _default_mode(self) -> "SearchSpec":
         if self.mode is None:
             self.mode = "min" if self.metric.endswith("loss") else "max"
+        if self.grid and self.algorithm != "grid":
+            raise ValueError(f"grid: values per dimension apply to algorithm: grid only (algorithm is {self.algorithm!r})")
         return self
+
+    @property
+    def second_metric(self) -> Optional[str]:
+        """The reported metric of the second objective (`params`, `macs`, `latency_ms`), or None."""
+        return SECOND_OBJECTIVE_METRICS[self.second_objective] if self.second_objective else None

@@ -44,11 +44,11 @@ class MlflowServer:
         self.data_dir = data_dir
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "DATA_DIR": str(data_dir), "PORT": str(self.port),
+        env = {**os.environ, "DATA_DIR": str(data_dir), "PORT": str(self.port), "WORKERS": "1",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.proc = subprocess.Popen(["bash", str(REPO / "mlflow" / "server.sh")], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # a loaded 2-core machine has needed > 120 s
         while True:
             try:
                 with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
@@ -60,7 +60,7 @@ class MlflowServer:
                 raise RuntimeError("mlflow server exited: " + self.proc.stderr.read().decode()[-2000:])
             if time.time() > deadline:
                 self.stop()
-                raise RuntimeError("mlflow server did not answer /health in 120 s")
+                raise RuntimeError("mlflow server did not answer /health in 300 s")
             time.sleep(0.5)
 
     def stop(self) -> None:

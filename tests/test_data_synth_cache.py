@@ -66,6 +66,18 @@ def test_synthetic_reader_subject_independent_split():
     assert load_dataset("synthetic", n=700, image_size=32, seed=6).fingerprint != ds.fingerprint
 
 
+def test_synthetic_reader_difficulty_options():
+    hard = load_dataset("synthetic", n=140, image_size=32, seed=5)
+    easy = load_dataset("synthetic", n=140, image_size=32, seed=5, occlusion=0.0, noise=0.0)
+    assert easy.fingerprint != hard.fingerprint
+    assert (easy.labels == hard.labels).all() and (easy.subjects == hard.subjects).all()
+    # no sensor noise: flat background corners are one colour in every clean image
+    corners = easy.images[:, :3, :3].reshape(len(easy), -1, 3)
+    assert (corners.std(axis=1) < (hard.images[:, :3, :3].reshape(len(hard), -1, 3).std(axis=1) + 1e-9)).mean() > 0.8
+    with pytest.raises(ValueError, match="occlusion=1.5"):
+        load_dataset("synthetic", n=14, image_size=32, occlusion=1.5)
+
+
 def test_synth_imagefolder_and_manifest_roundtrip(tmp_path):
     manifest = write_imagefolder(tmp_path / "synth", 140, size=32, seed=2)
     assert manifest == tmp_path / "synth" / "manifest.csv"

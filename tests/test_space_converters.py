@@ -8,9 +8,9 @@ import warnings
 
 import pytest
 
-from search_spaces import (POINT_KEY, SpaceError, architecture_count, architecture_key, grid_points, grid_size,
-                           load_space, point_from_config, sample, sample_point, to_optuna, to_ray_grid,
-                           to_ray_param_space)
+from search_spaces import (POINT_KEY, SpaceError, architecture_count, architecture_key, grid_midpoints, grid_points,
+                           grid_size, load_space, optuna_distributions, point_from_config, sample, sample_point,
+                           to_optuna, to_ray_grid, to_ray_param_space)
 from search_spaces.samplers import _components, _enumerate
 from search_spaces.schema import FloatDim
 from search_spaces.space import SearchSpace
@@ -226,6 +226,35 @@ def test_grid_errors():
     assert grid_size(UNIFIED, fixed=fixed) > 10 ** 9
     with pytest.raises(SpaceError, match="more than max_points"):
         grid_points(UNIFIED, fixed=fixed)
+
+
+def test_grid_values_and_midpoints():
+    mid = grid_midpoints(QUICK)
+    assert mid == {"local_weight": 0.6, "lr": 0.00548}  # linear and geometric middles, 3 significant digits
+    assert grid_midpoints(QUICK, values={"lr": [0.01]}, fixed={"local_weight": 0.5}) == {}
+    values = {"lr": [0.001, 0.01, 0.01], "attention": ["none"]}  # a repeated value counts once
+    pts = grid_points(QUICK, fixed={"local_weight": 0.5}, values=values)
+    assert len(pts) == grid_size(QUICK, fixed={"local_weight": 0.5}, values=values) == 2 * 2 * (2 + 2 * 2) * 2
+    for p in pts:
+        QUICK.validate(p)
+    with pytest.raises(SpaceError, match="grid: values of dimension 'lr'"):
+        grid_points(QUICK, fixed={"local_weight": 0.5}, values={"lr": [1.0]})
+    with pytest.raises(SpaceError, match="both fixed and given grid values"):
+        grid_points(QUICK, fixed={"local_weight": 0.5, "lr": 0.01}, values={"lr": [0.01]})
+    stepped = load_space({"dimensions": {"label_smoothing": {"type": "float", "low": 0.0, "high": 0.3, "step": 0.2}}})
+    assert grid_midpoints(stepped) == {"label_smoothing": 0.2}  # on the step
+
+
+def test_optuna_distributions_are_the_ones_define_by_run_suggests_from():
+    dists = optuna_distributions(UNIFIED)
+    assert set(dists) == set(UNIFIED.dimensions)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    f = to_optuna(UNIFIED)
+    for _ in range(30):
+        trial = study.ask()
+        f(trial)
+        assert trial.distributions == {n: dists[n] for n in trial.params}
+        study.tell(trial, 0.0)
 
 
 def test_point_from_config():

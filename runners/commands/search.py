@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from ..search import format_leaderboard, run_search
+    from ..search import format_leaderboard, format_pareto, run_search
 
     res = run_search(args.spec, name=args.name, data=args.data, format=args.format, num_samples=args.num_samples,
                      storage_path=args.storage_path, address=args.address, tracking_uri=args.tracking_uri,
@@ -28,7 +28,14 @@ def _search(args: argparse.Namespace) -> int:
     print(f"search {res.name}: {len(res.leaderboard)} trials, {res.num_failed} failed")
     for tid, why in res.failures.items():
         print(f"  failed {tid}: {why}")
-    print(format_leaderboard(res.leaderboard, "val_balanced_accuracy"))
+    print(format_leaderboard(res.leaderboard, res.metric, second_metric=res.second_metric))
+    if res.second_metric:
+        print()
+        print(f"Pareto front ({len(res.pareto_front)} trials; {res.metric} {res.mode}, {res.second_metric} min; "
+              "pareto_front.csv on the parent run):")
+        print(format_pareto(res.pareto_front, res.metric, res.second_metric))
+    for note in res.notes:
+        print(f"note: {note}")
     if res.best_point_path:
         print(f"best point: {res.best_point_path}")
     print(f"MLflow: experiment {res.name!r}, parent run {res.parent_run_id}. Compare the runs with `mlflow ui` "

@@ -453,16 +453,21 @@ class CSVManifestReader(Reader):
 @register("synthetic")
 class SyntheticReader(Reader):
     description = "built-in procedural faces (7 expressions, 5 head poses, occlusions); no files"
-    layout = "(no path) options n, size, num_subjects, seed"
-    options = {"n": 2000, "size": 64, "num_subjects": None, "seed": 0}
+    layout = "(no path) options n, size, num_subjects, seed, occlusion, noise"
+    options = {"n": 2000, "size": 64, "num_subjects": None, "seed": 0, "occlusion": 0.45, "noise": 1.0}
     needs_path = False
     cacheable = False
 
     def read(self, root: Optional[Path], n: int = 2000, size: int = 64,
-             num_subjects: Optional[int] = None, seed: int = 0) -> Listing:
+             num_subjects: Optional[int] = None, seed: int = 0, occlusion: float = 0.45,
+             noise: float = 1.0) -> Listing:
         from .synth import POSE_CLASSES, generate
 
-        batch = generate(int(n), size=int(size), seed=int(seed), num_subjects=num_subjects)
+        if not (0.0 <= float(occlusion) <= 1.0) or float(noise) < 0.0:
+            raise ValueError(f"synthetic faces: occlusion={occlusion!r} (expected 0..1), noise={noise!r} "
+                             "(expected >= 0)")
+        batch = generate(int(n), size=int(size), seed=int(seed), num_subjects=num_subjects,
+                         occlusion=float(occlusion), noise=float(noise))
         items = [Item(key=f"synthetic/{i:06d}", label=BASIC_CLASSES[int(y)], data=img,
                       pose=POSE_CLASSES[int(p)], subject=f"s{int(s):04d}")
                  for i, (img, y, p, s) in enumerate(zip(batch.images, batch.labels, batch.poses, batch.subjects))]

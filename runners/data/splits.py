@@ -130,3 +130,18 @@ def assert_subject_independent(subjects: np.ndarray, splits: np.ndarray, *, sour
     overlap = subject_overlap(np.asarray(subjects, dtype=object), np.asarray(splits, dtype=object))
     if overlap:
         raise ValueError(f"{source}: subjects on both sides of a split: {overlap}")
+
+
+def split_fingerprint(keys, splits) -> str:
+    """sha256 over the sorted (key, split) lines: which image is on which side.
+
+    Two loads of the same data (same content fingerprint) with the same seed and fractions give
+    the same value; the model's metadata keeps the one it was trained on, so an evaluation can
+    tell whether its 'test' holds exactly the images the trial tested on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for line in sorted(f"{k}\t{s}\n" for k, s in zip(np.asarray(keys, dtype=object).tolist(),
+                                                      np.asarray(splits, dtype=object).tolist())):
+        digest.update(line.encode())
+    return digest.hexdigest()

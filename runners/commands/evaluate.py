@@ -1,0 +1,134 @@
+"""`fer-automl evaluate --model URI --data PATH --format NAME [--split test]`."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+
+# the same as runners.evaluate's (not imported here: `fer-automl --help` stays light)
+SPLIT_CHOICES = ("test", "val", "train", "all")
+DEFAULT_EXPERIMENT = "fer-automl-evaluations"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a logged or registered model on a dataset split, logged to MLflow")
+    p.add_argument("--model", required=True, metavar="URI",
+                   help="MLflow model URI: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/model, a folder")
+    p.add_argument("--format", required=True, help="dataset reader (see `fer-automl data formats`)")
+    p.add_argument("--data", default=None, metavar="PATH", help="dataset folder or file (none for --format synthetic)")
+    p.add_argument("--split", default="test", choices=SPLIT_CHOICES,
+                   help="the reader's split (by subject, seeded by --seed) or all (default: test)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="split seed (and synthetic data seed); the training's to get its test set (default 0)")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images instead of failing")
+    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="reader option, e.g. -o scale=2 (repeatable)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment of the run (default {DEFAULT_EXPERIMENT})")
+    p.add_argument("--output-dir", type=Path, default=None,
+                   help="also keep the confusion matrix PNG and the JSON report in this folder")
+    p.add_argument("--no-log", action="store_true", help="print only; log nothing to MLflow")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from ..data import get_reader, load_dataset
+    from ..evaluate import evaluate_dataset, log_evaluation, resolve_model_ref, write_artifacts
+    from ..packaging import load_fer_model
+    from ..tracking import check_tracking_server, resolve_tracking_uri
+    from .data import _parse_options
+
+    # what can be checked in milliseconds first: the tracking server, the format, the path, the options
+    tracking = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_server(tracking)
+    reader = get_reader(args.format)
+    opts = _parse_options(args.option)
+    unknown = set(opts) - set(reader.options)
+    if unknown:
+        raise ValueError(f"dataset format {args.format!r} takes no option(s) {sorted(unknown)}; "
+                         f"its options: {sorted(reader.options) or 'none'}")
+    if reader.needs_path:
+        if not args.data:
+            raise ValueError(f"dataset format {args.format!r} needs --data PATH ({reader.layout})")
+        if not Path(args.data).expanduser().exists():
+            raise FileNotFoundError(f"--data {args.data!r} does not exist")
+    elif args.data:
+        raise ValueError(f"dataset format {args.format!r} reads no files: drop --data {args.data!r}")
+
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(tracking)
+    ref = None
+    if not args.no_log or args.model.startswith("models:/"):
+        ref = resolve_model_ref(MlflowClient(tracking_uri=tracking, registry_uri=tracking), args.model)
+    predictor = load_fer_model(args.model)
+    ds = load_dataset(args.format, args.data, image_size=predictor.image_size, seed=args.seed,
+                      skip_corrupt=args.skip_corrupt, **opts)
+    ev = evaluate_dataset(predictor, ds, args.split)
+    logged = {}
+    if args.output_dir is not None:
+        write_artifacts(ev, args.output_dir)
+    if not args.no_log:
+        # MLflow prints "View run ... at: URL" for an HTTP server: keep stdout pure JSON with --json
+        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+            logged = log_evaluation(ev, ref, tracking_uri=tracking, experiment=args.experiment,
+                                    params={"seed": args.seed, "format": args.format,
+                                            **{f"option.{k}": v for k, v in opts.items()}})
+    if args.json:
+        print(json.dumps({**ev.to_json(), "mlflow": {**logged, "tracking_uri": tracking} if logged else None,
+                          "model_version": {"name": ref.name, "version": ref.version} if ref and ref.name else None},
+                         indent=1))
+        return 0
+    _print_report(ev, ref, logged, tracking, args)
+    return 0
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _print_report(ev, ref, logged, tracking, args) -> None:
+    model = f"{ev.model_uri}" + (f"  ({ref.name} version {ref.version})" if ref and ref.name else "")
+    print(f"model:   {model}")
+    print(f"data:    {ev.dataset['name']} ({ev.dataset['source']}), split {ev.split}: "
+          f"{ev.num_images} images evaluated, fingerprint {ev.dataset['fingerprint'][:16]}")
+    print(f"lineage: {ev.lineage['note']}")
+    m = ev.match
+    print("classes: matched " + (", ".join(d if d == mc else f"{d}={mc}" for d, mc in m.matched) or "none"))
+    if m.data_only:
+        counts = ", ".join(f"{c} {ev.excluded.get(c, 0)}" for c in m.data_only)
+        print(f"         the model does not know {', '.join(m.data_only)}: {ev.num_excluded} image(s) excluded "
+              f"from every metric ({counts})")
+    if m.model_only:
+        print(f"         the data has no {', '.join(m.model_only)}: still predicted, and wrong when predicted")
+    print()
+    print(f"{'metric':<20}{'value':>8}")
+    for k in ("accuracy", "balanced_accuracy", "macro_f1"):
+        print(f"{k:<20}{ev.metrics[k]:>8.4f}")
+    print()
+    print(f"{'class':<12}{'images':>8}{'recall':>9}{'precision':>11}{'f1':>8}")
+    for c, row in ev.per_class.items():
+        extra = "   (not in the data)" if c in m.model_only else ""
+        print(f"{c:<12}{row['support']:>8}{_fmt(row['recall']):>9}{_fmt(row['precision']):>11}{_fmt(row['f1']):>8}{extra}")
+    if ev.pose_accuracy:
+        print()
+        print(f"{'pose':<12}{'images':>8}{'accuracy':>10}")
+        for pose, row in ev.pose_accuracy.items():
+            print(f"{pose:<12}{row['images']:>8}{row['accuracy']:>10.4f}")
+    print()
+    print("confusion matrix (rows: true, columns: predicted): " + " ".join(ev.classes))
+    for c, row in zip(ev.classes, ev.confusion):
+        print(f"  {c:<10}" + " ".join(f"{int(v):>5}" for v in row))
+    if args.output_dir is not None:
+        print(f"report: {args.output_dir}/confusion_matrix.png, {args.output_dir}/evaluation.json")
+    if logged:
+        print(f"logged: run {logged['run_id']} (experiment {args.experiment}, {tracking})"
+              + (f"; model version tag {logged['model_version_tag']} = {logged['run_id']}"
+                 if logged["model_version_tag"] else ""))
