@@ -61,16 +61,18 @@ class DataSpec:
                             skip_corrupt=self.skip_corrupt, cache_dir=self.cache_dir, **self.options)
 
 
-def mark(event: str) -> None:
-    """Append `<unix time> <event> <pid>` to the file $FER_AUTOML_TIMING_FILE names, when it is set.
+def mark(event: str, **info: Any) -> None:
+    """Append `<unix time> <event> <pid> [key=value ...]` to the file $FER_AUTOML_TIMING_FILE names,
+    when it is set.
 
     benchmarks/overhead.py times a search's start-up (CLI -> Ray -> trial -> first training step)
-    with it: nothing else tells when a trial's first step happens (its first report comes a whole
-    epoch later). Unset, it costs one environment lookup."""
+    and its epoch cycles with it: nothing else tells when a trial's first step happens (its first
+    report comes a whole epoch later). Unset, it costs one environment lookup."""
     path = os.environ.get(TIMING_ENV)
     if path:
+        extra = "".join(f" {k}={v}" for k, v in info.items())
         with open(path, "a") as f:
-            f.write(f"{time.time():.6f} {event} {os.getpid()}\n")
+            f.write(f"{time.time():.6f} {event} {os.getpid()}{extra}\n")
 
 
 def seed_everything(seed: int) -> None:
@@ -183,7 +185,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         torch.backends.cudnn.benchmark = True
 
     ds = data.load(image_size) if isinstance(data, DataSpec) else data
-    mark("trial_data_loaded")
+    mark("trial_data_loaded", torch_threads=torch.get_num_threads())  # Ray sets OMP_NUM_THREADS to the trial's cpu
     classes = list(ds.classes)
     if mcfg.num_classes != len(classes):
         mcfg = mcfg.model_copy(update={"num_classes": len(classes)})
@@ -262,9 +264,11 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
             seen += len(y)
             total += float(res.total.detach()) * len(y)
         elapsed = time.perf_counter() - t0
+        mark("train_done")
         loss_fn.end_epoch()
         scheduler.step()
         val = evaluate(model, loss_fn, val_loader, dev, classes, "val_", amp, channels_last)
+        mark("val_done")
         metrics = {**_public(val), "train_loss": total / max(seen, 1), "images_per_second": seen / max(elapsed, 1e-9),
                    "epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **costs}
         if val["val_balanced_accuracy"] > best["val_balanced_accuracy"]:
@@ -280,6 +284,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
                     "epoch": epoch, "best": best, "rng": torch.get_rng_state(), "costs": costs}, ckpt / STATE_FILE)
         shutil.copy(out_dir / BEST_FILE, ckpt / BEST_FILE)
         (ckpt / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(), indent=1))
+        mark("checkpoint_saved")
         final = epoch == epochs - 1
         if final:
             metrics.update(_finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, (mean, std), bs, dev, amp,
@@ -290,6 +295,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
                 f"{metrics['images_per_second']:.0f} img/s")
         if report is not None:
             report(metrics, ckpt)
+            mark("reported")
         last = metrics
         # keep only this epoch's checkpoint on local disk (the reporter has copied it)
         for old in out_dir.glob("checkpoint_*"):

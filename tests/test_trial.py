@@ -33,8 +33,9 @@ def test_trial_reports_every_epoch_and_leaves_artifacts(synth, tmp_path, monkeyp
     reports = []
     final = run_trial(_cfg(), synth, out_dir=tmp_path, report=lambda m, c: reports.append((dict(m), c)))
     events = [line.split()[1] for line in timing.read_text().splitlines()]
-    # one mark per epoch start; the first step of the run only, not of each epoch
-    assert events == ["trial_data_loaded", "epoch_start", "first_step", "epoch_start"]
+    # the marks of each epoch; the first step of the run only, not of each epoch
+    epoch = ["train_done", "val_done", "checkpoint_saved", "reported"]
+    assert events == ["trial_data_loaded", "epoch_start", "first_step", *epoch, "epoch_start", *epoch]
     assert [m["epoch"] for m, _ in reports] == [1, 2]
     for m, ckpt in reports:
         assert METRICS <= set(m), METRICS - set(m)
