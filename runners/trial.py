@@ -75,6 +75,23 @@ def mark(event: str, **info: Any) -> None:
             f.write(f"{time.time():.6f} {event} {os.getpid()}{extra}\n")
 
 
+def _save_new_file(obj: Any, path: Path) -> None:
+    """torch.save into a new file that replaces `path` (never rewrites `path`'s data in place:
+    checkpoints may hold hard links to it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """`dst` as a hard link to `src` (no data written), a copy where the filesystem has no links."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy(src, dst)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -233,6 +250,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         torch.set_rng_state(state["rng"])
+        (out_dir / BEST_FILE).unlink(missing_ok=True)  # a link into resume_from's folder is not written through
         shutil.copy(Path(resume_from) / BEST_FILE, out_dir / BEST_FILE)
 
     epochs = int(train.epochs)
@@ -273,7 +291,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
                    "epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **costs}
         if val["val_balanced_accuracy"] > best["val_balanced_accuracy"]:
             best = {"val_balanced_accuracy": val["val_balanced_accuracy"], "epoch": epoch + 1}
-            torch.save(model.state_dict(), out_dir / BEST_FILE)
+            _save_new_file(model.state_dict(), out_dir / BEST_FILE)
         metrics["best_val_balanced_accuracy"] = best["val_balanced_accuracy"]
         ckpt = out_dir / f"checkpoint_{epoch + 1:04d}"
         ckpt.mkdir(exist_ok=True)
@@ -282,7 +300,9 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
                                         if k in ("history", "current")},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "epoch": epoch, "best": best, "rng": torch.get_rng_state(), "costs": costs}, ckpt / STATE_FILE)
-        shutil.copy(out_dir / BEST_FILE, ckpt / BEST_FILE)
+        # the best weights change only when validation improves: a link, not a 45 MB copy every epoch
+        # (out_dir's best_model.pt is always written as a new file, so older checkpoints keep theirs)
+        _link_or_copy(out_dir / BEST_FILE, ckpt / BEST_FILE)
         (ckpt / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(), indent=1))
         mark("checkpoint_saved")
         final = epoch == epochs - 1

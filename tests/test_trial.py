@@ -113,3 +113,19 @@ def test_mark_is_a_no_op_without_its_environment_variable(tmp_path, monkeypatch)
     mark("b")
     rows = [line.split() for line in (tmp_path / "t.txt").read_text().splitlines()]
     assert [r[1] for r in rows] == ["a", "b"] and float(rows[0][0]) <= float(rows[1][0])
+
+
+def test_checkpoint_best_weights_are_linked_not_rewritten(tmp_path):
+    from runners.trial import _link_or_copy, _save_new_file
+
+    best = tmp_path / BEST_FILE
+    _save_new_file({"w": torch.zeros(3)}, best)
+    (tmp_path / "c1").mkdir()
+    _link_or_copy(best, tmp_path / "c1" / BEST_FILE)
+    assert (tmp_path / "c1" / BEST_FILE).stat().st_ino == best.stat().st_ino  # a link: no data written
+    _save_new_file({"w": torch.ones(3)}, best)  # validation improved: a new file, the old checkpoint keeps its own
+    assert torch.equal(torch.load(tmp_path / "c1" / BEST_FILE)["w"], torch.zeros(3))
+    (tmp_path / "c2").mkdir()
+    _link_or_copy(best, tmp_path / "c2" / BEST_FILE)
+    assert torch.equal(torch.load(tmp_path / "c2" / BEST_FILE)["w"], torch.ones(3))
+    assert not list(tmp_path.glob("*.tmp"))
