@@ -23,7 +23,7 @@ import yaml
 
 from .tracking import (TAG_KIND, TAG_PARETO, TAG_SEARCH, check_tracking_server, find_child_runs,
                        get_or_create_experiment, make_tracker, resolve_tracking_uri)
-from .trial import DataSpec
+from .trial import DataSpec, mark
 
 LEADERBOARD_COLUMNS = ["val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "test_accuracy",
                        "test_balanced_accuracy", "epoch", "images_per_second"]
@@ -89,6 +89,7 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
 
     from .trial import run_trial
 
+    mark("trial_start")
     # the space travels as parsed YAML: the driver's file need not exist on the node running this trial
     space = (load_space(static["space"], name=static.get("space_where")) if static.get("space") is not None
              else load_space(static["space_file"]))
@@ -220,6 +221,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
                tracking_uri: Optional[str] = None, resume: bool = False, verbose: int = 1) -> SearchResult:
     from search_spaces import load_space
 
+    mark("search_start")
     space = load_space(space_file)
     spec = _merge_spec(space, dict(name=name, data=data, format=format, num_samples=num_samples,
                                    storage_path=storage_path, address=address, tracking_uri=tracking_uri))
@@ -248,7 +250,9 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         ray_cluster.check_address(spec.address)
     data_spec = data_spec_from(spec.dataset)
     ds = data_spec.load(spec.dataset.image_size or 64)  # fails here, before anything is written, on bad data
+    mark("dataset_loaded")
     cluster = ray_cluster.init_ray(spec.address)
+    mark("ray_started")
     ray_cluster.check_resources(resources, cluster, ray_cluster.node_resources())
     ray_cluster.check_storage(storage)
 
@@ -305,6 +309,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
             metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=_scheduler(spec, max_epochs),
             num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
             max_concurrent_trials=spec.max_concurrent))
+    mark("fit_start")
     grid = tuner.fit()
     res = _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_epochs)
     if grid_note:

@@ -33,6 +33,7 @@ CONFIG_FILE = "trial_config.json"
 ARTIFACTS_DIR = "artifacts"
 
 ReportFn = Callable[[Dict[str, float], Optional[Path]], None]
+TIMING_ENV = "FER_AUTOML_TIMING_FILE"
 
 
 class TrialFailed(RuntimeError):
@@ -58,6 +59,37 @@ class DataSpec:
         return load_dataset(self.format, self.path, image_size=image_size, seed=self.seed,
                             val_fraction=self.val_fraction, test_fraction=self.test_fraction,
                             skip_corrupt=self.skip_corrupt, cache_dir=self.cache_dir, **self.options)
+
+
+def mark(event: str, **info: Any) -> None:
+    """Append `<unix time> <event> <pid> [key=value ...]` to the file $FER_AUTOML_TIMING_FILE names,
+    when it is set.
+
+    benchmarks/overhead.py times a search's start-up (CLI -> Ray -> trial -> first training step)
+    and its epoch cycles with it: nothing else tells when a trial's first step happens (its first
+    report comes a whole epoch later). Unset, it costs one environment lookup."""
+    path = os.environ.get(TIMING_ENV)
+    if path:
+        extra = "".join(f" {k}={v}" for k, v in info.items())
+        with open(path, "a") as f:
+            f.write(f"{time.time():.6f} {event} {os.getpid()}{extra}\n")
+
+
+def _save_new_file(obj: Any, path: Path) -> None:
+    """torch.save into a new file that replaces `path` (never rewrites `path`'s data in place:
+    checkpoints may hold hard links to it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """`dst` as a hard link to `src` (no data written), a copy where the filesystem has no links."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy(src, dst)
 
 
 def seed_everything(seed: int) -> None:
@@ -170,6 +202,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         torch.backends.cudnn.benchmark = True
 
     ds = data.load(image_size) if isinstance(data, DataSpec) else data
+    mark("trial_data_loaded", torch_threads=torch.get_num_threads())  # Ray sets OMP_NUM_THREADS to the trial's cpu
     classes = list(ds.classes)
     if mcfg.num_classes != len(classes):
         mcfg = mcfg.model_copy(update={"num_classes": len(classes)})
@@ -217,12 +250,14 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         torch.set_rng_state(state["rng"])
+        (out_dir / BEST_FILE).unlink(missing_ok=True)  # a link into resume_from's folder is not written through
         shutil.copy(Path(resume_from) / BEST_FILE, out_dir / BEST_FILE)
 
     epochs = int(train.epochs)
     clip = float(train.grad_clip or 0)
     last: Dict[str, Any] = {}
     for epoch in range(start_epoch, epochs):
+        mark("epoch_start")
         model.train()
         loss_fn.train()
         t0, seen, total = time.perf_counter(), 0, 0.0
@@ -242,17 +277,21 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
             if clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
+            if step == 0 and epoch == start_epoch:
+                mark("first_step")
             seen += len(y)
             total += float(res.total.detach()) * len(y)
         elapsed = time.perf_counter() - t0
+        mark("train_done")
         loss_fn.end_epoch()
         scheduler.step()
         val = evaluate(model, loss_fn, val_loader, dev, classes, "val_", amp, channels_last)
+        mark("val_done")
         metrics = {**_public(val), "train_loss": total / max(seen, 1), "images_per_second": seen / max(elapsed, 1e-9),
                    "epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **costs}
         if val["val_balanced_accuracy"] > best["val_balanced_accuracy"]:
             best = {"val_balanced_accuracy": val["val_balanced_accuracy"], "epoch": epoch + 1}
-            torch.save(model.state_dict(), out_dir / BEST_FILE)
+            _save_new_file(model.state_dict(), out_dir / BEST_FILE)
         metrics["best_val_balanced_accuracy"] = best["val_balanced_accuracy"]
         ckpt = out_dir / f"checkpoint_{epoch + 1:04d}"
         ckpt.mkdir(exist_ok=True)
@@ -261,8 +300,11 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
                                         if k in ("history", "current")},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "epoch": epoch, "best": best, "rng": torch.get_rng_state(), "costs": costs}, ckpt / STATE_FILE)
-        shutil.copy(out_dir / BEST_FILE, ckpt / BEST_FILE)
+        # the best weights change only when validation improves: a link, not a 45 MB copy every epoch
+        # (out_dir's best_model.pt is always written as a new file, so older checkpoints keep theirs)
+        _link_or_copy(out_dir / BEST_FILE, ckpt / BEST_FILE)
         (ckpt / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(), indent=1))
+        mark("checkpoint_saved")
         final = epoch == epochs - 1
         if final:
             metrics.update(_finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, (mean, std), bs, dev, amp,
@@ -273,6 +315,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
                 f"{metrics['images_per_second']:.0f} img/s")
         if report is not None:
             report(metrics, ckpt)
+            mark("reported")
         last = metrics
         # keep only this epoch's checkpoint on local disk (the reporter has copied it)
         for old in out_dir.glob("checkpoint_*"):

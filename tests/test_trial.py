@@ -9,7 +9,7 @@ import torch
 
 from _space_helpers import SEARCH_TEST_BACKBONE, first_conv_key
 from fer_models import ModelConfig
-from runners.trial import BEST_FILE, STATE_FILE, DataSpec, TrialFailed, lr_factor, run_trial
+from runners.trial import BEST_FILE, STATE_FILE, TIMING_ENV, DataSpec, TrialFailed, lr_factor, mark, run_trial
 from search_spaces import DataConfig, TrainConfig, TrialConfig
 
 METRICS = {"val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_loss", "train_loss", "images_per_second",
@@ -28,9 +28,15 @@ def synth():
     return DataSpec(format="synthetic", options={"n": 280, "size": 32}, seed=3).load(32)
 
 
-def test_trial_reports_every_epoch_and_leaves_artifacts(synth, tmp_path):
+def test_trial_reports_every_epoch_and_leaves_artifacts(synth, tmp_path, monkeypatch):
+    timing = tmp_path / "timing.txt"
+    monkeypatch.setenv(TIMING_ENV, str(timing))  # benchmarks/overhead.py's start-up marks
     reports = []
     final = run_trial(_cfg(), synth, out_dir=tmp_path, report=lambda m, c: reports.append((dict(m), c)))
+    events = [line.split()[1] for line in timing.read_text().splitlines()]
+    # the marks of each epoch; the first step of the run only, not of each epoch
+    epoch = ["train_done", "val_done", "checkpoint_saved", "reported"]
+    assert events == ["trial_data_loaded", "epoch_start", "first_step", *epoch, "epoch_start", *epoch]
     assert [m["epoch"] for m, _ in reports] == [1, 2]
     for m, ckpt in reports:
         assert METRICS <= set(m), METRICS - set(m)
@@ -97,3 +103,31 @@ def test_learning_rate_schedules():
     s = TrainConfig(epochs=10, schedule="step", step_size=3, gamma=0.5)
     assert [lr_factor(e, s) for e in (0, 2, 3, 6)] == [1.0, 1.0, 0.5, 0.25]
     assert lr_factor(4, TrainConfig(epochs=10, schedule="exp", gamma=0.9)) == pytest.approx(0.9 ** 4)
+
+
+def test_mark_is_a_no_op_without_its_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv(TIMING_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    mark("first_step")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv(TIMING_ENV, str(tmp_path / "t.txt"))
+    mark("a")
+    mark("b")
+    rows = [line.split() for line in (tmp_path / "t.txt").read_text().splitlines()]
+    assert [r[1] for r in rows] == ["a", "b"] and float(rows[0][0]) <= float(rows[1][0])
+
+
+def test_checkpoint_best_weights_are_linked_not_rewritten(tmp_path):
+    from runners.trial import _link_or_copy, _save_new_file
+
+    best = tmp_path / BEST_FILE
+    _save_new_file({"w": torch.zeros(3)}, best)
+    (tmp_path / "c1").mkdir()
+    _link_or_copy(best, tmp_path / "c1" / BEST_FILE)
+    assert (tmp_path / "c1" / BEST_FILE).stat().st_ino == best.stat().st_ino  # a link: no data written
+    _save_new_file({"w": torch.ones(3)}, best)  # validation improved: a new file, the old checkpoint keeps its own
+    assert torch.equal(torch.load(tmp_path / "c1" / BEST_FILE)["w"], torch.zeros(3))
+    (tmp_path / "c2").mkdir()
+    _link_or_copy(best, tmp_path / "c2" / BEST_FILE)
+    assert torch.equal(torch.load(tmp_path / "c2" / BEST_FILE)["w"], torch.ones(3))
+    assert not list(tmp_path.glob("*.tmp"))
