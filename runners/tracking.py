@@ -250,10 +250,18 @@ def make_tracker(**kwargs):
 
 
 def _failure_reason(trial) -> str:
+    # Tune writes the error into the trial's local folder first (`trial.error_file`) and copies it
+    # to the storage path later: `trial.get_error()` reads the storage copy, which may not be there
+    # yet when this callback runs (seen: 'unknown error' for a trial whose traceback was logged)
+    text = ""
     try:
-        text = trial.get_error() or ""
+        local = trial.error_file
+        if local and os.path.isfile(local):
+            text = Path(local).read_text(errors="replace")
+        if not text.strip():
+            text = trial.get_error() or ""
     except Exception:  # noqa: BLE001
-        text = ""
+        pass
     lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
     # the last line of a traceback is "ExcType: message"
     for ln in reversed(lines):
