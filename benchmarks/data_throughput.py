@@ -8,27 +8,15 @@ cache holds), synthetic faces. Median of repeats, after a warm-up epoch.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
 
+from _machine import cpu_name
 from runners.data import load_dataset
 from runners.data.torch_data import make_loader
 from runners.data.transforms import build_eval_transform, build_train_transform
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(ds, size: int, workers: int, augment: bool, batch: int, repeats: int) -> float:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -45,6 +44,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from _machine import cpu_name  # noqa: E402 (benchmarks/ is on sys.path: the script's folder)
 
 # the marks runners.search / runners.trial write, in the order they happen
 MARKS = [("search_start", "CLI started (python, imports)"),
@@ -65,17 +65,6 @@ PARTS = [("train_s", "epoch_start", "train_done", "training"),
          ("report_s", "checkpoint_saved", "reported", "tune.report (checkpoint persisted to storage, result "
                                                       "handed to Tune, waiting to be resumed)"),
          ("tail_s", "reported", None, "after the report: old local checkpoints removed, next epoch")]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def import_psutil():
