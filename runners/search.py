@@ -25,8 +25,12 @@ from .tracking import (TAG_KIND, TAG_PARETO, TAG_SEARCH, check_tracking_server, 
                        get_or_create_experiment, make_tracker, resolve_tracking_uri)
 from .trial import DataSpec, mark
 
+# the metrics are the trial's last report (what the scheduler and the searcher saw); the trial keeps
+# (and `fer-automl promote` logs) the weights of its best validation epoch: best_epoch, and
+# best_val_balanced_accuracy, tell where those are
 LEADERBOARD_COLUMNS = ["val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "test_accuracy",
-                       "test_balanced_accuracy", "epoch", "images_per_second"]
+                       "test_balanced_accuracy", "epoch", "best_val_balanced_accuracy", "best_epoch",
+                       "images_per_second"]
 
 
 @dataclass
@@ -443,7 +447,8 @@ def format_leaderboard(rows: List[Dict[str, Any]], metric: str, top: int = 10,
     """The leaderboard as text: its first `top` rows (a multi-objective search adds the second
     objective and whether the trial is on the Pareto front)."""
     extra = [second_metric, "pareto"] if second_metric else []
-    cols = ["#", "trial", "status", metric, "val_accuracy", "test_accuracy", "epoch", *extra]
+    cols = ["#", "trial", "status", metric, "val_accuracy", "test_accuracy", "epoch", "best_val_balanced_accuracy",
+            "best_epoch", *extra]
     lines = [" | ".join(cols)]
     for i, r in enumerate(rows[:top], 1):
         lines.append(" | ".join([str(i), str(r["trial_id"]), r["status"]]

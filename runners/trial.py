@@ -293,6 +293,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
             best = {"val_balanced_accuracy": val["val_balanced_accuracy"], "epoch": epoch + 1}
             _save_new_file(model.state_dict(), out_dir / BEST_FILE)
         metrics["best_val_balanced_accuracy"] = best["val_balanced_accuracy"]
+        metrics["best_epoch"] = best["epoch"]  # the epoch whose weights the trial keeps
         ckpt = out_dir / f"checkpoint_{epoch + 1:04d}"
         ckpt.mkdir(exist_ok=True)
         torch.save({"model": model.state_dict(), "loss": loss_fn.state_dict(),

@@ -57,6 +57,8 @@ def test_search_tracks_every_trial_in_mlflow(tmp_path, mlflow_server, ray_shutdo
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
     assert "search it-search: 4 trials, 0 failed" in out
+    assert "| epoch | best_val_balanced_accuracy | best_epoch" in out  # the leaderboard says which weights are kept
+
     import mlflow
 
     client = mlflow.MlflowClient(mlflow_server.uri)

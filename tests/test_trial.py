@@ -38,6 +38,11 @@ def test_trial_reports_every_epoch_and_leaves_artifacts(synth, tmp_path, monkeyp
     epoch = ["train_done", "val_done", "checkpoint_saved", "reported"]
     assert events == ["trial_data_loaded", "epoch_start", "first_step", *epoch, "epoch_start", *epoch]
     assert [m["epoch"] for m, _ in reports] == [1, 2]
+    # the kept weights: the best validation epoch so far, and where it was
+    vals = [m["val_balanced_accuracy"] for m, _ in reports]
+    for i, (m, _) in enumerate(reports):
+        assert m["best_val_balanced_accuracy"] == max(vals[:i + 1])
+        assert vals[m["best_epoch"] - 1] == m["best_val_balanced_accuracy"] and m["best_epoch"] <= m["epoch"]
     for m, ckpt in reports:
         assert METRICS <= set(m), METRICS - set(m)
         assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
