@@ -1,6 +1,7 @@
 """Helpers shared by the search-space tests: cheap model builds with a cache, point repair."""
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import random
@@ -66,6 +67,35 @@ def key(cfg: TrialConfig) -> str:
 # parameters, so a search's checkpoints and logged weights stay small (a ResNet-18 checkpoint with
 # its AdamW state is ~180 MB: a suite of searches filled a CI disk) and trials train fast.
 SEARCH_TEST_BACKBONE = "mobilenetv3_small_100"
+
+
+# The space of the end-to-end search tests: attention x local patches x lr, 2 epochs at 32 px on
+# 210 synthetic faces, tpe + asha, 4 trials 2 at a time. `search_test_space(**search)` gives a copy
+# with its `search:` section updated.
+SEARCH_TEST_SPACE = {
+    "dimensions": {
+        "attention": {"type": "choice", "values": ["none", "se", "cbam"]},
+        "num_patches": {"type": "choice", "values": [0, 4]},
+        "local_aggregation": {"type": "choice", "values": ["max", "mean"], "condition": {"num_patches": [4]}},
+        "lr": {"type": "float", "low": 1e-3, "high": 2e-2, "log": True},
+    },
+    "constants": {"model.backbone": SEARCH_TEST_BACKBONE, "train.epochs": 2, "train.batch_size": 32,
+                  "data.image_size": 32, "train.optimizer": "adamw"},
+    "presets": {"plain": {"attention": "none", "num_patches": 0, "lr": 0.005}},
+    "search": {
+        "name": "it-search", "presets": ["plain"],
+        "dataset": {"format": "synthetic", "n": 210, "image_size": 32},
+        "algorithm": "tpe", "scheduler": {"type": "asha", "grace_period": 1, "max_t": 2, "reduction_factor": 2},
+        "num_samples": 4, "max_concurrent": 2, "resources": {"cpu": 1, "gpu": 0}, "max_failures": 0, "seed": 1,
+    },
+}
+
+
+def search_test_space(**search) -> dict:
+    """A deep copy of SEARCH_TEST_SPACE with `search` merged into its `search:` section."""
+    d = copy.deepcopy(SEARCH_TEST_SPACE)
+    d["search"].update(search)
+    return d
 
 
 def first_conv_key(state_dict) -> str:

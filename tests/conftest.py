@@ -20,6 +20,19 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None):
                           timeout=timeout, cwd=str(REPO), env=full_env)
 
 
+def search_runs(tracking_uri: str, name: str):
+    """A search's MLflow runs: (client, experiment, parent runs, child runs), told apart by the
+    `fer_automl.kind` tag."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    assert exp is not None, f"no experiment {name!r} at {tracking_uri}"
+    runs = client.search_runs([exp.experiment_id])
+    return (client, exp, [r for r in runs if r.data.tags.get("fer_automl.kind") == "search"],
+            [r for r in runs if r.data.tags.get("fer_automl.kind") == "trial"])
+
+
 @pytest.fixture
 def cli():
     return run_cli

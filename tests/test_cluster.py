@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from _space_helpers import SEARCH_TEST_BACKBONE
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, search_runs
 
 RAY_CLI = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
 WORKER_MARK = "fer_test_joined_node"  # a custom resource only the joining node has; no trial asks for it
@@ -230,13 +230,7 @@ def test_search_by_address_uses_both_nodes(tmp_path, mlflow_server, loopback_clu
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     assert "search cluster-it: 2 trials, 0 failed" in res.stdout, res.stdout[-3000:]
 
-    import mlflow
-
-    client = mlflow.MlflowClient(mlflow_server.uri)
-    exp = client.get_experiment_by_name("cluster-it")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("fer_automl.kind") == "search"]
-    children = [r for r in runs if r.data.tags.get("fer_automl.kind") == "trial"]
+    client, exp, parents, children = search_runs(mlflow_server.uri, "cluster-it")
     assert len(parents) == 1 and len(children) == 2
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert all(r.data.tags["fer_automl.status"] == "finished" and r.info.status == "FINISHED" for r in children)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from runners.cli import main
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, search_runs
 
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,6 @@ SPACE = {
 @pytest.fixture(scope="module")
 def search(mlflow_server, module_tmp):
     """The finished trials of one real search: {run_id: val_balanced_accuracy}, plus the client."""
-    import mlflow
     import ray
 
     tmp = module_tmp("registry-search")
@@ -50,9 +49,7 @@ def search(mlflow_server, module_tmp):
         if ray.is_initialized():
             ray.shutdown()
     assert rc == 0
-    client = mlflow.MlflowClient(mlflow_server.uri)
-    exp = client.get_experiment_by_name(SEARCH)
-    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("fer_automl.kind") == "trial"]
+    client, exp, _, runs = search_runs(mlflow_server.uri, SEARCH)
     finished = {r.info.run_id: r for r in runs if r.data.tags["fer_automl.status"] == "finished"}
     assert len(finished) == 3
     return client, exp, finished

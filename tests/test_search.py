@@ -8,31 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import search_runs
 from runners.cli import main
-from _space_helpers import SEARCH_TEST_BACKBONE, first_conv_key
+from _space_helpers import SEARCH_TEST_BACKBONE, first_conv_key, search_test_space
 
-SPACE = {
-    "dimensions": {
-        "attention": {"type": "choice", "values": ["none", "se", "cbam"]},
-        "num_patches": {"type": "choice", "values": [0, 4]},
-        "local_aggregation": {"type": "choice", "values": ["max", "mean"], "condition": {"num_patches": [4]}},
-        "lr": {"type": "float", "low": 1e-3, "high": 2e-2, "log": True},
-    },
-    "constants": {"model.backbone": SEARCH_TEST_BACKBONE, "train.epochs": 2, "train.batch_size": 32,
-                  "data.image_size": 32, "train.optimizer": "adamw"},
-    "presets": {"plain": {"attention": "none", "num_patches": 0, "lr": 0.005}},
-    "search": {
-        "name": "it-search", "presets": ["plain"],
-        "dataset": {"format": "synthetic", "n": 210, "image_size": 32},
-        "algorithm": "tpe", "scheduler": {"type": "asha", "grace_period": 1, "max_t": 2, "reduction_factor": 2},
-        "num_samples": 4, "max_concurrent": 2, "resources": {"cpu": 1, "gpu": 0}, "max_failures": 0, "seed": 1,
-    },
-}
 
 
 def write_space(tmp_path, **search):
-    d = yaml.safe_load(yaml.safe_dump(SPACE))
-    d["search"].update(search)
+    d = search_test_space(**search)
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(d))
     return path
@@ -59,13 +42,7 @@ def test_search_tracks_every_trial_in_mlflow(tmp_path, mlflow_server, ray_shutdo
     assert "search it-search: 4 trials, 0 failed" in out
     assert "| epoch | best_val_balanced_accuracy | best_epoch" in out  # the leaderboard says which weights are kept
 
-    import mlflow
-
-    client = mlflow.MlflowClient(mlflow_server.uri)
-    exp = client.get_experiment_by_name("it-search")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("fer_automl.kind") == "search"]
-    children = [r for r in runs if r.data.tags.get("fer_automl.kind") == "trial"]
+    client, exp, parents, children = search_runs(mlflow_server.uri, "it-search")
     assert len(parents) == 1 and len(children) == 4
     # the trials' and the summary's scratch folders are gone (their checkpoints live in the storage
     # path); only folders of this search count (another search on the machine may be running)
@@ -172,13 +149,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, cli):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "search resume-it: 3 trials, 0 failed" in res.stdout
 
-    import mlflow
-
-    client = mlflow.MlflowClient(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name("resume-it")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("fer_automl.kind") == "search"]
-    children = [r for r in runs if r.data.tags.get("fer_automl.kind") == "trial"]
+    client, exp, parents, children = search_runs(f"sqlite:///{db}", "resume-it")
     assert len(parents) == 1
     ids = [r.data.tags["fer_automl.trial_id"] for r in children]
     assert len(ids) == len(set(ids)) == 3, ids  # no trial lost, none tracked twice
@@ -201,7 +172,7 @@ def test_failing_trials_end_as_failed_runs_with_their_reasons(tmp_path, ray_shut
     key = first_conv_key(sd)
     sd[key] = torch.full_like(sd[key], float("nan"))
     torch.save(sd, tmp_path / "nan.pt")
-    d = yaml.safe_load(yaml.safe_dump(SPACE))
+    d = search_test_space()
     d["dimensions"] = {"weights": {"type": "choice", "maps_to": "model.pretrained_path",
                                    "values": [str(tmp_path / "good.pt"), str(tmp_path / "nan.pt"),
                                               str(tmp_path / "missing.pt")]}}
@@ -216,11 +187,7 @@ def test_failing_trials_end_as_failed_runs_with_their_reasons(tmp_path, ray_shut
     assert rc == 0, out[-3000:]
     assert "search fail-it: 3 trials, 2 failed" in out
 
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name("fail-it")
-    children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("fer_automl.kind") == "trial"]
+    client, exp, _, children = search_runs(uri, "fail-it")
     by_weights = {Path(r.data.params["weights"]).name: r for r in children}
     assert by_weights["good.pt"].info.status == "FINISHED"
     for name, expect in [("nan.pt", "non-finite loss nan"), ("missing.pt", "missing.pt': no such file")]:

@@ -15,28 +15,13 @@ import time
 import pytest
 import yaml
 
+from conftest import search_runs
 from runners.cli import main
 from runners.pareto import dominates, pareto_front, pareto_rows
 from runners.search import grid_settings, sort_leaderboard
-from _space_helpers import SEARCH_TEST_BACKBONE
+from _space_helpers import search_test_space
 
-SPACE = {
-    "dimensions": {
-        "attention": {"type": "choice", "values": ["none", "se", "cbam"]},
-        "num_patches": {"type": "choice", "values": [0, 4]},
-        "local_aggregation": {"type": "choice", "values": ["max", "mean"], "condition": {"num_patches": [4]}},
-        "lr": {"type": "float", "low": 1e-3, "high": 2e-2, "log": True},
-    },
-    "constants": {"model.backbone": SEARCH_TEST_BACKBONE, "train.epochs": 2, "train.batch_size": 32,
-                  "data.image_size": 32, "train.optimizer": "adamw"},
-    "presets": {"plain": {"attention": "none", "num_patches": 0, "lr": 0.005}},
-    "search": {
-        "name": "mo-search", "presets": ["plain"], "second_objective": "params",
-        "dataset": {"format": "synthetic", "n": 210, "image_size": 32},
-        "algorithm": "tpe", "scheduler": {"type": "asha", "grace_period": 1, "max_t": 2, "reduction_factor": 2},
-        "num_samples": 4, "max_concurrent": 2, "resources": {"cpu": 1, "gpu": 0}, "max_failures": 0, "seed": 3,
-    },
-}
+SPACE = search_test_space(name="mo-search", second_objective="params", seed=3)
 METRIC = "val_balanced_accuracy"
 
 
@@ -186,13 +171,8 @@ def mo_search(module_tmp, mlflow_server, ray_for_module):
     finally:
         os.chdir(cwd)
     print(f"multi-objective search: {time.time() - t0:.1f} s")
-    import mlflow
-
-    client = mlflow.MlflowClient(mlflow_server.uri)
-    exp = client.get_experiment_by_name("mo-search")
-    runs = client.search_runs([exp.experiment_id])
-    parent = next(r for r in runs if r.data.tags.get("fer_automl.kind") == "search")
-    children = [r for r in runs if r.data.tags.get("fer_automl.kind") == "trial"]
+    client, _, parents, children = search_runs(mlflow_server.uri, "mo-search")
+    parent = parents[0]
     return {"rc": rc, "out": out.getvalue(), "client": client, "parent": parent, "children": children, "tmp": tmp}
 
 
@@ -282,10 +262,6 @@ def test_grid_search_over_quickstart_runs(tmp_path, mlflow_server, ray_for_modul
     assert "grid: float dimensions fixed at the middle of their range: local_weight=0.6, lr=0.00548" in out
     assert "search qs-grid: 2 trials, 0 failed" in out
 
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name("qs-grid")
-    children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("fer_automl.kind") == "trial"]
+    client, exp, _, children = search_runs(uri, "qs-grid")
     assert sorted(r.data.params["attention"] for r in children) == ["none", "se"]
     assert {(r.data.params["lr"], r.data.params["local_weight"]) for r in children} == {("0.00548", "0.6")}
