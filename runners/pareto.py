@@ -9,7 +9,8 @@ import math
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 
-def _number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A finite int or float (not a bool): a value that can be ranked."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
@@ -28,7 +29,7 @@ def pareto_front(rows: Sequence[Mapping[str, Any]], metric: str, mode: str, seco
     signs = (-1.0 if mode == "max" else 1.0, -1.0 if second_mode == "max" else 1.0)
     cands: List[Tuple[int, Tuple[float, float]]] = []
     for i, r in enumerate(rows):
-        if r.get("status") == "failed" or not (_number(r.get(metric)) and _number(r.get(second))):
+        if r.get("status") == "failed" or not (is_number(r.get(metric)) and is_number(r.get(second))):
             continue
         cands.append((i, (signs[0] * float(r[metric]), signs[1] * float(r[second]))))
     return [i for i, p in cands if not any(dominates(q, p) for j, q in cands if j != i)]

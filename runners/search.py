@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import platform
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
 
+from .pareto import is_number, pareto_front
 from .tracking import (TAG_KIND, TAG_PARETO, TAG_SEARCH, check_tracking_server, find_child_runs,
                        get_or_create_experiment, make_tracker, resolve_tracking_uri)
 from .trial import DataSpec, mark
@@ -155,10 +152,12 @@ def grid_settings(space, spec):
     return values, fixed, note
 
 
-def _searcher(space, spec, max_epochs: int):
+def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str, Any]] = None):
+    """(search algorithm, Tune param space); a grid search's param space is the one run_search
+    enumerated before anything started."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-    from search_spaces import to_optuna, to_ray_grid, to_ray_param_space
+    from search_spaces import to_optuna, to_ray_param_space
 
     presets = []
     for name in spec.presets:
@@ -185,9 +184,7 @@ def _searcher(space, spec, max_epochs: int):
                                       max_concurrent=spec.max_concurrent or 0),
                 to_ray_param_space(space, seed=spec.seed))
     if spec.algorithm == "grid":
-        values, fixed, _ = grid_settings(space, spec)
-        return (BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0),
-                to_ray_grid(space, fixed=fixed, values=values))
+        return BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0), grid_param_space
     raise ValueError(f"unknown algorithm {spec.algorithm!r}; valid: tpe, random, grid")
 
 
@@ -238,12 +235,12 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         storage = str(Path(storage).expanduser().resolve())
     exp_dir = f"{storage.rstrip('/')}/{name}"
 
-    grid_note = None
-    if spec.algorithm == "grid":  # the grid is checked (and its fixed floats named) before anything runs
-        from search_spaces import grid_points
+    grid_fixed, grid_note, grid_param_space = None, None, None
+    if spec.algorithm == "grid":  # the grid is enumerated (and its fixed floats named) before anything runs
+        from search_spaces import to_ray_grid
 
         grid_values, grid_fixed, grid_note = grid_settings(space, spec)
-        grid_points(space, fixed=grid_fixed, values=grid_values)
+        grid_param_space = to_ray_grid(space, fixed=grid_fixed, values=grid_values)
         if grid_note and verbose:
             print(grid_note, flush=True)
 
@@ -284,7 +281,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
                         "fingerprint": ds.fingerprint, "num_images": len(ds)},
             "git_commit": git_commit(), "python": platform.python_version(), "versions": package_versions(),
             "resources": resources, "storage": exp_dir,
-            **({"grid_fixed": grid_settings(space, spec)[1]} if spec.algorithm == "grid" else {})}))
+            **({"grid_fixed": grid_fixed} if spec.algorithm == "grid" else {})}))
         if space_text:
             client.log_text(parent.info.run_id, space_text, "space.yaml")
         client.log_text(parent.info.run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "search_spec.yaml")
@@ -308,7 +305,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     if resume:
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        searcher, param_space = _searcher(space, spec, max_epochs)
+        searcher, param_space = _searcher(space, spec, max_epochs, grid_param_space)
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config, tune_config=tune.TuneConfig(
             metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=_scheduler(spec, max_epochs),
             num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
@@ -321,16 +318,12 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     return res
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
 def sort_leaderboard(rows: List[Dict[str, Any]], metric: str, mode: str) -> List[Dict[str, Any]]:
     """Best `metric` first (by `mode`); trials without a finite value of it after those with one;
     failed trials last. Ties keep the order the trials ran in."""
     sign = -1.0 if mode == "max" else 1.0
-    return sorted(rows, key=lambda r: (r["status"] == "failed", not _is_number(r.get(metric)),
-                                       sign * float(r[metric]) if _is_number(r.get(metric)) else 0.0))
+    return sorted(rows, key=lambda r: (r["status"] == "failed", not is_number(r.get(metric)),
+                                       sign * float(r[metric]) if is_number(r.get(metric)) else 0.0))
 
 
 def leaderboard_columns(second_metric: Optional[str]) -> List[str]:
@@ -356,7 +349,6 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
                   max_epochs) -> SearchResult:
     from search_spaces import point_from_config
 
-    from .pareto import pareto_front
     from .study_plots import rebuild_study, write_plots
     from .tracking import RunWriter
 
@@ -396,9 +388,8 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
             r["pareto"] = i in on_front
     rows = sort_leaderboard(rows, key, spec.mode)
     if second:
-        front = [r for r in rows if r.get("pareto")]
-        front.sort(key=lambda r: (-1.0 if spec.mode == "max" else 1.0) * float(r[key]))  # stable: ties as ranked
-    best = next((r for r in rows if r["status"] != "failed" and _is_number(r.get(key))), None)
+        front = [r for r in rows if r.get("pareto")]  # in leaderboard order: best metric first, ties as ranked
+    best = next((r for r in rows if r["status"] != "failed" and is_number(r.get(key))), None)
     best_path = None
     if best is not None:
         # beside the search's runs; with remote storage (s3://...) in a small folder of its own that

@@ -250,8 +250,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         torch.set_rng_state(state["rng"])
-        (out_dir / BEST_FILE).unlink(missing_ok=True)  # a link into resume_from's folder is not written through
-        shutil.copy(Path(resume_from) / BEST_FILE, out_dir / BEST_FILE)
+        _link_or_copy(Path(resume_from) / BEST_FILE, out_dir / BEST_FILE)
 
     epochs = int(train.epochs)
     clip = float(train.grad_clip or 0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from .schema import ChoiceDim, FloatDim, IntDim, SpaceError, same_value
 from .space import SearchSpace, log_uniform
