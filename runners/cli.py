@@ -21,9 +21,9 @@ COMMAND_GROUPS = {
     "evaluate": "runners.commands.evaluate",
 }
 
+__all__ = ["COMMAND_GROUPS", "build_parser", "main"]
 
-class UserError(Exception):
-    """A problem with what the user gave (a file, a key, a value): printed without a traceback."""
+EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,13 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hyperparameter search / AutoML for facial expression recognition.")
     sub = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
     for modpath in COMMAND_GROUPS.values():
-        try:
-            module = importlib.import_module(modpath)
-        except ModuleNotFoundError as exc:
-            if exc.name != modpath:
-                raise
-            continue        # a group listed here whose module has not landed on this branch
-        module.register(sub)
+        # a group that fails to import is a broken install or a bug: fail loudly, never drop it
+        importlib.import_module(modpath).register(sub)
     return parser
 
 
@@ -48,12 +43,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not hasattr(args, "func"):
         parser.parse_args([args.group, "--help"])
         return 2
+    # the one family of deliberate user errors; imported here, not at the top, so that --help and
+    # argparse's usage errors do not wait for torch (fer_models imports it)
+    from fer_models.errors import UserError
+
+    # Only deliberate user errors exit 2 without a traceback; anything else is a bug and
+    # propagates (Python prints the traceback, exit 1).
     try:
         rc = args.func(args)
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"fer-automl: error: {msg}", file=sys.stderr)
-        return 2
+    except UserError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"fer-automl: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("fer-automl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return int(rc or 0)
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from fer_models.errors import UserError
+
 from .tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID, check_tracking_server, resolve_tracking_uri
 
 DEFAULT_MODEL_NAME = "fer-expression"
@@ -60,7 +62,7 @@ TAG_FORCE_REASON = "fer_automl.force_reason"
 TAG_FORCED_OVER = "fer_automl.forced_over"
 
 
-class PromoteError(ValueError):
+class PromoteError(UserError):
     """Bad input to promote (unknown search or run, no weights, metric not logged, ...): exit 2."""
 
 

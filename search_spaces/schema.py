@@ -31,6 +31,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from typing_extensions import Annotated
 
+from fer_models.errors import UserError
+
 from .config import SECTION_CLASSES, SECTIONS
 from .spec import SearchSpec
 
@@ -40,7 +42,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SCALARS = (str, int, float, bool, type(None))
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError):
     """A fault in a space file or a point: the message names the file/YAML path, value and expectation."""
 
 

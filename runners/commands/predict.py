@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..cli import UserError
+    from fer_models.errors import UserError
     from ..predict import FaceDetector, FaceDetectorUnavailable, predict_files
 
     detector = None
