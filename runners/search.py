@@ -251,6 +251,8 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         ray_cluster.check_address(spec.address)
     data_spec = data_spec_from(spec.dataset)
     ds = data_spec.load(spec.dataset.image_size or 64)  # fails here, before anything is written, on bad data
+    from .data.stats import check_splits  # splits preprocessed differently: a warning, printed and logged
+    data_warnings = check_splits(ds, echo=print if verbose else None)
     mark("dataset_loaded")
     cluster = ray_cluster.init_ray(spec.address)
     mark("ray_started")
@@ -285,6 +287,8 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         if space_text:
             client.log_text(parent.info.run_id, space_text, "space.yaml")
         client.log_text(parent.info.run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "search_spec.yaml")
+        if data_warnings:
+            client.log_text(parent.info.run_id, "\n".join(data_warnings) + "\n", "data_warnings.txt")
     parent_id = parent.info.run_id
 
     from search_spaces import point_from_config

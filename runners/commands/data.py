@@ -37,10 +37,12 @@ def register(subparsers) -> None:
 
 
 def _parse_options(pairs: list[str]) -> dict:
+    from fer_models.errors import UserError
+
     opts = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--option {pair!r}: expected KEY=VALUE")
+        if "=" not in pair or not pair.split("=", 1)[0].strip():
+            raise UserError(f"--option {pair!r}: expected KEY=VALUE")
         k, v = pair.split("=", 1)
         try:
             opts[k.strip()] = json.loads(v)
@@ -50,11 +52,23 @@ def _parse_options(pairs: list[str]) -> dict:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from runners.data import load_dataset
+    import sys
 
+    from runners.data import load_dataset
+    from runners.data.sheet import check_sheet_path
+    from runners.data.stats import split_stats, split_warnings
+
+    if args.sheet is not None:
+        check_sheet_path(args.sheet)  # before the dataset is read
     ds = load_dataset(args.format, args.path, image_size=args.image_size, seed=args.seed,
                       skip_corrupt=args.skip_corrupt, cache=False, **_parse_options(args.option))
     summary = ds.summary()
+    stats = split_stats(ds, seed=args.seed)
+    warnings = split_warnings(stats)
+    summary["image_stats"] = stats
+    summary["warnings"] = warnings
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     if args.sheet is not None:
         from runners.data.sheet import contact_sheet
 
@@ -74,6 +88,15 @@ def _inspect(args: argparse.Namespace) -> int:
     if ds.poses is not None:
         print("  poses: " + ", ".join(f"{p} {k}" for p, k in ds.pose_counts().items()))
     print(f"  fingerprint: {ds.fingerprint}")
+    print(f"  image statistics per split (medians of up to {max(r['sampled'] for r in stats.values())} "
+          "images each; sharpness = variance of the Laplacian; size as decoded):")
+    print(f"  {'split':<8}{'sampled':>8}{'brightness':>12}{'contrast':>10}{'sharpness':>11}{'size':>11}")
+    for split, r in stats.items():
+        size = f"{r['height']:g}x{r['width']:g}"
+        print(f"  {split:<8}{r['sampled']:>8}{r['brightness']:>12.1f}{r['contrast']:>10.1f}{r['sharpness']:>11.1f}"
+              f"{size:>11}")
+    for line in warnings:
+        print(f"  warning: {line}")
     if args.sheet is not None:
         print(f"  contact sheet: {summary['sheet']}")
     return 0

@@ -7,7 +7,22 @@ from typing import Union
 import cv2
 import numpy as np
 
+from fer_models.errors import UserError, UserPathError
+
 from .dataset import FERDataset
+
+
+def check_sheet_path(out: Union[str, Path]) -> Path:
+    """--sheet FILE.png: a .png whose folder exists; checked before a dataset is read."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--sheet {str(out)!r}: expected a .png file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserPathError(f"--sheet {str(out)!r}: folder {str(parent)!r} does not exist")
+    if out.is_dir():
+        raise UserPathError(f"--sheet {str(out)!r} is a folder; expected a .png file name")
+    return out
 
 
 def contact_sheet(ds: FERDataset, out: Union[str, Path], per_class: int = 8, tile: int = 64,
@@ -25,9 +40,7 @@ def contact_sheet(ds: FERDataset, out: Union[str, Path], per_class: int = 8, til
                 np.asarray(ds.images[i]), (tile, tile), interpolation=cv2.INTER_AREA)
         rows.append(row)
     sheet = np.concatenate(rows, 0)
-    out = Path(out)
-    if out.parent and not out.parent.exists():
-        raise FileNotFoundError(f"--sheet {out}: folder {out.parent} does not exist")
+    out = check_sheet_path(out)
     if not cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise ValueError(f"--sheet {out}: cannot write a PNG there (expected a .png path)")
+        raise UserPathError(f"--sheet {str(out)!r}: cannot write a PNG there")
     return out
