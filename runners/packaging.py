@@ -5,12 +5,12 @@ input size S — and returns class probabilities (N, K) in the canonical class o
 training data. Normalisation, layout and softmax are inside the model, so nothing else is needed
 to use it (`mlflow models serve`, `mlflow.pyfunc.load_model`, `fer-automl predict`).
 
-Serialisation: MLflow's pytorch flavour with `serialization_format="pt2"` (torch.export): the
-graph and weights load without unpickling Python objects and without this project's code.
-When a configuration does not export (torch.export cannot trace it), the model is logged in the
-pickle format instead — which needs `fer_models` importable where it is loaded and executes
-pickled code on load — and the reason is recorded in the model's metadata
-(`fer_automl.serialization_note`) and printed.
+Serialisation: MLflow's pytorch flavour with `serialization_format="pt2"` (torch.export), and
+nothing else: the graph and weights load without unpickling Python objects and without this
+project's code, in an environment holding only the model's declared requirements (torch, mlflow,
+numpy). A configuration that does not export is refused (`ModelExportError`, naming the config
+and torch.export's error) instead of being logged in a format that would not load there. Every
+preset and sampled point of the shipped spaces exports (tests/test_packaging.py checks the presets).
 
 The model's metadata (`fer_automl` key of the MLmodel file) carries: classes, pose_classes,
 image_size, normalisation, dataset name and fingerprint, serialisation format, and the trial
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fer_models.errors import UserError, UserPathError
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +60,14 @@ def read_model_config(artifacts_dir: Union[str, Path]) -> Dict[str, Any]:
     """The `model_config.json` a trial leaves beside its selected weights."""
     path = Path(artifacts_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (is {artifacts_dir} a trial's artifacts folder?)")
+        raise UserPathError(f"{path}: no {CONFIG_FILE} (is {artifacts_dir} a trial's artifacts folder?)")
     try:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
     for key in ("trial", "model", "classes", "normalization"):
         if key not in cfg:
-            raise ValueError(f"{path}: missing key {key!r}")
+            raise UserError(f"{path}: missing key {key!r}")
     return cfg
 
 
@@ -78,7 +80,7 @@ def build_inference_module(artifacts_dir: Union[str, Path]) -> tuple:
     cfg = read_model_config(artifacts_dir)
     weights = artifacts_dir / WEIGHTS_FILE
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: the trial's selected weights are missing")
+        raise UserPathError(f"{weights}: the trial's selected weights are missing")
     image_size = int(cfg["trial"]["data"]["image_size"])
     model = build_model(ModelConfig(**cfg["model"]), image_size=image_size)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -113,6 +115,33 @@ def _example(image_size: int) -> np.ndarray:
     return rng.integers(0, 256, size=(2, image_size, image_size, 3), dtype=np.uint8)
 
 
+class ModelExportError(UserError):
+    """A model configuration that torch.export cannot trace: it cannot be logged (exit 2)."""
+
+
+def _config_summary(model_cfg: Dict[str, Any]) -> str:
+    """The fields of a model config that differ from `fer_models.ModelConfig`'s defaults, as JSON."""
+    from fer_models.config import ModelConfig
+
+    defaults = ModelConfig().model_dump()
+    diff = {k: v for k, v in model_cfg.items() if defaults.get(k, object()) != v}
+    return json.dumps(diff, sort_keys=True, default=str) if diff else "{} (all defaults)"
+
+
+def export_inference_module(module: nn.Module, example: np.ndarray, *, where: str,
+                            model_cfg: Optional[Dict[str, Any]] = None):
+    """torch.export of the inference module (batch dimension dynamic); `ModelExportError` naming
+    `where` (the config file), the config and torch.export's error when it does not trace."""
+    try:
+        return torch.export.export(module, (torch.from_numpy(example),), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    except Exception as exc:  # noqa: BLE001 - any failure means: this graph does not export
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        cfg = f" (model config: {_config_summary(model_cfg)})" if model_cfg is not None else ""
+        raise ModelExportError(
+            f"{where}: this model does not export with torch.export{cfg}: {type(exc).__name__}: {first}; "
+            "fer-automl logs models only as exported graphs (pt2), which load with torch and mlflow alone") from None
+
+
 def _requirements() -> List[str]:
     # explicit requirements: MLflow's inference of them imports the model and takes seconds
     from importlib import metadata
@@ -127,45 +156,24 @@ def _requirements() -> List[str]:
 
 
 def log_fer_model(artifacts_dir: Union[str, Path], *, name: str = "model", run_id: Optional[str] = None,
-                  registered_model_name: Optional[str] = None, serialization: str = "auto"):
-    """Log a trial's selected weights as an MLflow model (returns mlflow's ModelInfo).
+                  registered_model_name: Optional[str] = None):
+    """Log a trial's selected weights as an MLflow model in the pt2 format (returns mlflow's ModelInfo).
 
-    serialization: "pt2" (torch.export; error if the model does not export), "pickle", or
-    "auto" (pt2, falling back to pickle with the reason recorded in the metadata)."""
+    The model is exported here first, so a configuration that does not export (`ModelExportError`)
+    leaves nothing half-logged in MLflow."""
     import mlflow
 
-    if serialization not in ("auto", "pt2", "pickle"):
-        raise ValueError(f"serialization={serialization!r}; expected auto, pt2 or pickle")
     module, meta = build_inference_module(artifacts_dir)
     size, k = meta["image_size"], len(meta["classes"])
     example = _example(size)
+    export_inference_module(module, example, where=str(Path(artifacts_dir) / CONFIG_FILE),
+                            model_cfg=read_model_config(artifacts_dir)["model"])
+    meta["serialization"] = "pt2"
     common = dict(name=name, signature=_signature(size, k), input_example=example,
                   pip_requirements=_requirements(), registered_model_name=registered_model_name)
     if run_id is not None:
         common["run_id"] = run_id
-    fmt = "pickle" if serialization == "pickle" else "pt2"
-    note = None
-    if fmt == "pt2":
-        try:
-            # export here first: a failure then leaves nothing half-logged in MLflow
-            torch.export.export(module, (torch.from_numpy(example),),
-                                dynamic_shapes=({0: torch.export.Dim.AUTO},))
-        except Exception as exc:  # noqa: BLE001 - any export failure means: this graph does not export
-            if serialization == "pt2":
-                raise RuntimeError(f"this model does not export with torch.export: {exc}") from exc
-            fmt = "pickle"
-            note = f"torch.export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); logged as pickle"
-            log.warning("model logged in the pickle format: %s", note)
-    meta["serialization"] = fmt
-    if note:
-        meta["serialization_note"] = note
-    extra = {}
-    if fmt == "pickle":
-        import fer_models
-
-        extra["code_paths"] = [str(Path(fer_models.__file__).parent)]
-    return mlflow.pytorch.log_model(module, serialization_format=fmt, metadata={META_KEY: meta}, **common,
-                                    **extra)
+    return mlflow.pytorch.log_model(module, serialization_format="pt2", metadata={META_KEY: meta}, **common)
 
 
 # --- loading back ------------------------------------------------------------------------------
@@ -181,20 +189,19 @@ class FERPredictor:
     meta: Dict[str, Any]
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        """One RGB uint8 image of any size -> (S, S, 3) uint8, resized as the eval pipeline does."""
-        import cv2
+        """One RGB uint8 image of any size -> (S, S, 3) uint8, resized with the datasets' resize
+        (`runners.data.imageio.resize_to`), so a file gives the pixels a trial evaluated."""
+        from .data.imageio import resize_to
 
         img = np.asarray(image)
         if img.ndim == 2:
             img = np.repeat(img[..., None], 3, axis=2)
         if img.ndim != 3 or img.shape[2] not in (3, 4):
-            raise ValueError(f"expected an RGB image (H, W, 3), got shape {img.shape}")
+            raise UserError(f"expected an RGB image (H, W, 3), got shape {img.shape}")
         img = img[..., :3]
         if img.dtype != np.uint8:
-            raise ValueError(f"expected uint8 pixels, got {img.dtype}")
-        if img.shape[:2] != (self.image_size, self.image_size):
-            img = cv2.resize(img, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(img)
+            raise UserError(f"expected uint8 pixels, got {img.dtype}")
+        return np.ascontiguousarray(resize_to(img, (self.image_size, self.image_size)))
 
     def predict_proba(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """Class probabilities (N, K) for RGB uint8 images of any size."""
@@ -214,9 +221,9 @@ def load_fer_model(uri: str) -> FERPredictor:
     try:
         pyfunc = mlflow.pyfunc.load_model(uri)
     except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a bad URI
-        raise ValueError(f"cannot load the model {uri!r}: {exc}") from exc
+        raise UserError(f"cannot load the model {uri!r}: {exc}") from exc
     meta = (pyfunc.metadata.metadata or {}).get(META_KEY)
     if not meta:
-        raise ValueError(f"{uri!r} is not a fer-automl model (its MLmodel has no {META_KEY!r} metadata)")
+        raise UserError(f"{uri!r} is not a fer-automl model (its MLmodel has no {META_KEY!r} metadata)")
     return FERPredictor(uri=uri, pyfunc=pyfunc, classes=list(meta["classes"]), image_size=int(meta["image_size"]),
                         meta=meta)

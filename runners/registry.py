@@ -66,6 +66,17 @@ class PromoteError(UserError):
     """Bad input to promote (unknown search or run, no weights, metric not logged, ...): exit 2."""
 
 
+def require_existing_store(uri: str, what: str) -> None:
+    """A SQLite tracking store named for reading (a search to promote, a models:/ URI) must exist:
+    MLflow would otherwise create an empty database there before saying it has nothing."""
+    import re
+
+    m = re.match(r"^sqlite:///(.+)$", uri)
+    if m and not Path(m.group(1)).is_file():
+        raise PromoteError(f"{what}: the tracking store {uri} does not exist (no such SQLite file; "
+                           "give --tracking-uri, or run where the search's mlflow.db is)")
+
+
 # --- metrics of the selected weights -------------------------------------------------------------
 
 def metric_split(metric: str) -> str:
@@ -292,11 +303,11 @@ def version_tags(client, cand: Candidate, metric: str, model_cfg: Dict[str, Any]
     return tags
 
 
-def register(client, uri: str, cand: Candidate, model_name: str, metric: str, serialization: str = "auto"):
-    """Log the candidate's weights as an MLflow model and register it (a new version, with tags)."""
+def register(client, uri: str, cand: Candidate, model_name: str, metric: str):
+    """Log the candidate's weights as an MLflow model (pt2) and register it (a new version, with tags)."""
     from mlflow.exceptions import MlflowException
 
-    from .packaging import log_fer_model, read_model_config
+    from .packaging import ModelExportError, log_fer_model, read_model_config
 
     with tempfile.TemporaryDirectory(prefix="fer-promote-") as tmp:
         art = download_weights(client, cand.run_id, Path(tmp))
@@ -304,16 +315,11 @@ def register(client, uri: str, cand: Candidate, model_name: str, metric: str, se
         tags = version_tags(client, cand, metric, model_cfg)
         with _log_into(uri, cand.run.info.experiment_id):
             try:
-                info = log_fer_model(art, name="model", run_id=cand.run_id, serialization=serialization)
-            except RuntimeError as exc:  # --serialization pt2 and the model does not export: nothing was logged
-                if serialization != "pt2":
-                    raise
-                raise PromoteError(f"run {cand.run_id}: {exc}; promote with --serialization auto to log it "
-                                   "as pickle") from None
+                info = log_fer_model(art, name="model", run_id=cand.run_id)
+            except ModelExportError as exc:  # nothing was logged
+                raise PromoteError(f"run {cand.run_id}: refused: {exc}") from None
     meta = (info.metadata or {}).get("fer_automl", {})
     tags[TAG_SERIALIZATION] = meta.get("serialization", "")
-    if meta.get("serialization_note"):
-        tags[TAG_SERIALIZATION + "_note"] = meta["serialization_note"]
     try:
         client.create_registered_model(model_name, description="fer-automl: facial expression classifier; uint8 "
                                        "RGB images (N, S, S, 3) in, class probabilities out")
@@ -378,8 +384,7 @@ class PromoteResult:
 
 def promote(*, search: Optional[str] = None, run_id: Optional[str] = None, model_name: str = DEFAULT_MODEL_NAME,
             alias: str = DEFAULT_ALIAS, metric: str = DEFAULT_METRIC, force: bool = False,
-            reason: Optional[str] = None, tracking_uri: Optional[str] = None,
-            serialization: str = "auto") -> PromoteResult:
+            reason: Optional[str] = None, tracking_uri: Optional[str] = None) -> PromoteResult:
     if (search is None) == (run_id is None):
         raise PromoteError("give exactly one of --search NAME or --run RUN_ID")
     if force and not (reason and reason.strip()):
@@ -390,6 +395,7 @@ def promote(*, search: Optional[str] = None, run_id: Optional[str] = None, model
 
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_server(uri)
+    require_existing_store(uri, f"--search {search!r}" if search else f"--run {run_id!r}")
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     cand = best_of_search(client, search, metric, uri) if search else trial_run(client, run_id, metric, uri)
     msgs = [f"candidate: run {cand.run_id} (trial {cand.run.data.tags.get(TAG_TRIAL_ID, '?')} of search "
@@ -399,7 +405,7 @@ def promote(*, search: Optional[str] = None, run_id: Optional[str] = None, model
     version = find_version(client, model_name, cand.run_id)
     created = version is None
     if created:
-        version = register(client, uri, cand, model_name, metric, serialization)
+        version = register(client, uri, cand, model_name, metric)
         msgs.append(f"registered {model_name} version {version.version} "
                     f"({version.tags.get(TAG_SERIALIZATION, '?')} serialisation)")
     else:

@@ -19,8 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="move the alias even when the version does not beat the "
                                                         "holder (needs --reason)")
     p.add_argument("--reason", help="why --force: recorded as a tag on the version")
-    p.add_argument("--serialization", default="auto", choices=["auto", "pt2", "pickle"],
-                   help="model format (default auto: pt2, pickle only when the model does not export)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.set_defaults(func=_promote)
 
@@ -33,8 +31,7 @@ def _promote(args: argparse.Namespace) -> int:
     if args.force and not (args.reason or "").strip():
         raise PromoteError("--force needs --reason TEXT (it is recorded on the version)")
     res = promote(search=args.search, run_id=args.run_id, model_name=args.model_name, alias=args.alias,
-                  metric=args.metric, force=args.force, reason=args.reason, tracking_uri=args.tracking_uri,
-                  serialization=args.serialization)
+                  metric=args.metric, force=args.force, reason=args.reason, tracking_uri=args.tracking_uri)
     for line in res.messages:
         print(line, file=sys.stderr if line.startswith("refused") else sys.stdout)
     return EXIT_REFUSED if res.refused else 0
