@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fer_models.errors import UserError, UserPathError
+
 from .data.dataset import LABEL_ALIASES, FERDataset
 from .data.splits import split_fingerprint
 from .metrics import classification_metrics, confusion_matrix, per_class_report, plot_confusion_matrix
@@ -69,7 +71,7 @@ def match_classes(model_classes: Sequence[str], data_classes: Sequence[str]) -> 
         for i, n in enumerate(names):
             k = class_key(n)
             if k in out:
-                raise ValueError(f"the {side} has two classes that mean the same: {names[out[k]]!r} and {n!r}")
+                raise UserError(f"the {side} has two classes that mean the same: {names[out[k]]!r} and {n!r}")
             out[k] = i
         return out
 
@@ -100,6 +102,11 @@ class Evaluation:
     per_class: Dict[str, Dict[str, Optional[float]]]
     confusion: np.ndarray
     pose_accuracy: Dict[str, Dict[str, float]] = field(default_factory=dict)  # pose -> images, accuracy
+    face_detection: Optional[Dict[str, Any]] = None   # with --detect-faces: cascade, margin, images, no-face keys
+
+    @property
+    def num_no_face(self) -> int:
+        return len(self.face_detection["no_face"]) if self.face_detection else 0
 
     @property
     def num_excluded(self) -> int:
@@ -116,6 +123,8 @@ class Evaluation:
             out[f"{p}accuracy_pose_{pose}"] = row["accuracy"]
         out[f"{p}num_images"] = float(self.num_images)
         out[f"{p}num_excluded"] = float(self.num_excluded)
+        if self.face_detection is not None:
+            out[f"{p}num_no_face"] = float(self.num_no_face)
         return out
 
     def to_json(self) -> Dict[str, Any]:
@@ -125,15 +134,17 @@ class Evaluation:
             "num_images": self.num_images, "num_excluded": self.num_excluded, "excluded_by_class": self.excluded,
             "metrics": self.metrics, "per_class": self.per_class, "confusion_matrix": self.confusion.tolist(),
             "pose_accuracy": self.pose_accuracy,
+            "face_detection": self.face_detection,
+            "num_no_face": self.num_no_face if self.face_detection is not None else None,
         }
 
 
 def split_indices(ds: FERDataset, split: str) -> np.ndarray:
     if split not in SPLIT_CHOICES:
-        raise ValueError(f"--split {split!r}; expected one of {', '.join(SPLIT_CHOICES)}")
+        raise UserError(f"--split {split!r}; expected one of {', '.join(SPLIT_CHOICES)}")
     idx = np.arange(len(ds)) if split == "all" else ds.indices(split)
     if len(idx) == 0:
-        raise ValueError(f"split {split!r} of dataset {ds.name!r} ({ds.source}) has no images")
+        raise UserError(f"split {split!r} of dataset {ds.name!r} ({ds.source}) has no images")
     return idx
 
 
@@ -162,8 +173,27 @@ def lineage(meta: Dict[str, Any], ds: FERDataset) -> Dict[str, Any]:
     return {"same_data": True, "same_split": same_split, "note": note}
 
 
-def evaluate_dataset(predictor, ds: FERDataset, split: str = "test", batch_size: int = 64) -> Evaluation:
-    """Predict every image of the split whose class the model knows; metrics over the model's classes."""
+def crop_faces(detector, ds: FERDataset, idx: np.ndarray) -> Tuple[np.ndarray, List[np.ndarray], List[str]]:
+    """(indices with a face, their face crops, keys of the images without one): the crop of
+    `fer-automl predict --detect-faces` (largest face, margin) on each image as loaded."""
+    found, crops, no_face = [], [], []
+    for i in idx:
+        crop, _ = detector.crop(np.asarray(ds.images[int(i)]))
+        if crop is None:
+            no_face.append(str(ds.keys[int(i)]) if ds.keys is not None else str(int(i)))
+        else:
+            found.append(int(i))
+            crops.append(crop)
+    return np.asarray(found, dtype=np.int64), crops, no_face
+
+
+def evaluate_dataset(predictor, ds: FERDataset, split: str = "test", batch_size: int = 64,
+                     detector=None) -> Evaluation:
+    """Predict every image of the split whose class the model knows; metrics over the model's classes.
+
+    detector: a `runners.predict.FaceDetector` (`--detect-faces`): each image is cropped to its
+    largest face first (load the dataset at its native size for this, as `predict` reads files),
+    and images where no face is found are counted, listed and left out of every metric."""
     idx = split_indices(ds, split)
     match = match_classes(predictor.classes, ds.classes)
     data_labels = ds.labels[idx]
@@ -174,10 +204,20 @@ def evaluate_dataset(predictor, ds: FERDataset, split: str = "test", batch_size:
         excluded[name] = excluded.get(name, 0) + 1
     keep = idx[known]
     if len(keep) == 0:
-        raise ValueError(
+        raise UserError(
             f"split {split!r} of {ds.name!r} has no image of a class the model knows (model classes "
             f"{', '.join(predictor.classes)}; data classes {', '.join(ds.classes)})")
-    probs = predictor.predict_proba([np.asarray(ds.images[i]) for i in keep], batch_size=batch_size)
+    faces = None
+    if detector is not None:
+        keep, images, no_face = crop_faces(detector, ds, keep)
+        faces = {"cascade": str(detector.path), "margin": detector.margin, "images": int(len(keep) + len(no_face)),
+                 "found": int(len(keep)), "no_face": no_face}
+        if len(keep) == 0:
+            raise UserError(f"--detect-faces: no face found in any of the {len(no_face)} image(s) of split {split!r} "
+                            f"of {ds.name!r} (first: {', '.join(no_face[:5])}); drop --detect-faces for face crops")
+    else:
+        images = [np.asarray(ds.images[i]) for i in keep]
+    probs = predictor.predict_proba(images, batch_size=batch_size)
     y_true = np.array([match.data_to_model[int(lbl)] for lbl in ds.labels[keep]], dtype=np.int64)
     y_pred = probs.argmax(1).astype(np.int64)
     classes = list(predictor.classes)
@@ -195,7 +235,21 @@ def evaluate_dataset(predictor, ds: FERDataset, split: str = "test", batch_size:
                  "split_fingerprint": split_fingerprint(ds.keys, ds.splits) if ds.keys is not None else None},
         lineage=lineage(predictor.meta, ds), num_images=int(len(keep)), excluded=excluded,
         y_true=y_true, y_pred=y_pred, metrics=metrics, per_class=per_class_report(y_true, y_pred, classes),
-        confusion=confusion_matrix(y_true, y_pred, len(classes)), pose_accuracy=pose_acc)
+        confusion=confusion_matrix(y_true, y_pred, len(classes)), pose_accuracy=pose_acc, face_detection=faces)
+
+
+def check_output_dir(folder: Path) -> Path:
+    """--output-dir: a folder, or a path where one can be made (no file in the way); checked before
+    anything is loaded or computed."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserPathError(f"--output-dir {str(folder)!r} is a file, not a folder")
+    parent = folder
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserPathError(f"--output-dir {str(folder)!r}: {str(parent)!r} is a file, not a folder")
+    return folder
 
 
 def write_artifacts(ev: Evaluation, folder: Path) -> List[Path]:
@@ -251,9 +305,9 @@ def resolve_model_ref(client, uri: str) -> ModelRef:
         if m:
             ref.run_id = m.group(1)
     except ValueError as exc:
-        raise ValueError(f"model {uri!r}: {exc}") from None
+        raise UserError(f"model {uri!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - MlflowException and friends
-        raise ValueError(f"model {uri!r} not found in the registry ({str(exc).splitlines()[0][:300]})") from None
+        raise UserError(f"model {uri!r} not found in the registry ({str(exc).splitlines()[0][:300]})") from None
     return ref
 
 

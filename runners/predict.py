@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fer_models.errors import UserError, UserPathError
+
 #: The cascade used for --detect-faces, as OpenCV's opencv-python(-headless) 4.x wheels bundle it.
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 #: Margin added on every side of the detected box, as a fraction of the box's width / height.
@@ -53,7 +55,9 @@ class ImageResult:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file -> H x W x 3 uint8 RGB; OSError / ValueError with the reason otherwise."""
+    """An image file -> H x W x 3 uint8 RGB, decoded as datasets are (`decode_bytes`: EXIF orientation
+    applied); OSError / ValueError with the reason otherwise (a per-image error of `predict`).
+    Only regular files are read: a FIFO, socket or device is refused without opening it."""
     from .data.imageio import CorruptImage, decode_bytes
 
     path = Path(path)
@@ -61,6 +65,8 @@ def read_image(path: Path) -> np.ndarray:
         raise FileNotFoundError("no such file")
     if path.is_dir():
         raise IsADirectoryError("a folder, not an image file")
+    if not path.is_file():  # stat only: opening a FIFO would block until a writer comes
+        raise OSError("not a regular file (a FIFO, socket or device), refused")
     try:
         return decode_bytes(path.read_bytes())
     except CorruptImage as exc:
@@ -114,11 +120,18 @@ class FaceDetector:
             raise FaceDetectorUnavailable(
                 f"--detect-faces: OpenCV {cv2.__version__} ships no {CASCADE_FILE} (looked in cv2.data.haarcascades "
                 f"and in {Path(cv2.__file__).parent}); install opencv-python-headless<5 or give --cascade FILE.xml")
+        if not path.exists():
+            raise UserPathError(f"--cascade {str(path)!r}: no such file")
         if not path.is_file():
-            raise FileNotFoundError(f"--cascade {str(path)!r}: no such file")
-        self.classifier = cls(str(path))
-        if self.classifier.empty():
-            raise ValueError(f"{path}: not a Haar cascade OpenCV can load")
+            raise UserPathError(f"--cascade {str(path)!r}: not a regular file (expected a Haar cascade .xml file)")
+        try:
+            self.classifier = cls(str(path))
+            empty = self.classifier.empty()
+        except Exception:  # noqa: BLE001 - OpenCV raises cv2.error or SystemError on a file it cannot parse
+            empty = True
+        if empty:
+            raise UserError(f"--cascade {str(path)!r}: not a Haar cascade OpenCV can load (expected an OpenCV "
+                            f"cascade XML such as {CASCADE_FILE})")
         self.path = path
         self.margin = float(margin)
 

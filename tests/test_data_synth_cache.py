@@ -128,7 +128,10 @@ def test_cache_is_written_once_and_reused(tmp_path):
     first = load_dataset("imagefolder", root, image_size=16, cache_dir=cache_dir)
     assert decode_count() - before == 24 and not first.from_cache
     files = sorted(p.name for p in cache_dir.iterdir())
-    assert len(files) == 2 and files[0].endswith("_16x16_v1.json") and files[1].endswith("_16x16_v1.npy")
+    from runners.data.cache import FORMAT_VERSION
+
+    v = f"_16x16_v{FORMAT_VERSION}"
+    assert len(files) == 2 and files[0].endswith(v + ".json") and files[1].endswith(v + ".npy")
     assert not any(".tmp" in name for name in files)          # written atomically
     npy = next(cache_dir.glob("*.npy"))
     stamp = npy.stat().st_mtime_ns
@@ -145,7 +148,7 @@ def test_cache_is_written_once_and_reused(tmp_path):
     # the environment variable picks the default folder
     assert cache_root() == tmp_path / "cache"
     load_dataset("imagefolder", root, image_size=16)
-    assert len(list((tmp_path / "cache").glob("*_16x16_v1.npy"))) == 1
+    assert len(list((tmp_path / "cache").glob(f"*_16x16_v{FORMAT_VERSION}.npy"))) == 1
 
 
 def test_make_splits_official_test_kept_and_val_from_train():

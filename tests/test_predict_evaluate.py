@@ -71,7 +71,7 @@ def model(module_tmp, mlflow_server, env):
     mv = mlflow.register_model(info.model_uri, NAME)
     client.set_registered_model_alias(NAME, "champion", mv.version)
     predictor = load_fer_model(f"models:/{NAME}/{mv.version}")
-    yield {"ds": ds, "trial_metrics": metrics, "predictor": predictor, "version": str(mv.version),
+    yield {"ds": ds, "trial_metrics": metrics, "predictor": predictor, "version": str(mv.version), "art": ckpt / "artifacts",
            "uri": f"models:/{NAME}/{mv.version}", "alias_uri": f"models:/{NAME}@champion",
            "server": mlflow_server.uri, "client": client}
     mlflow.set_tracking_uri(old_uri)
@@ -174,6 +174,148 @@ def test_predict_bad_usage(model, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(rp, "_cascade_class", lambda: None)   # as with an OpenCV 5 wheel
     assert main(["predict", "--model", model["uri"], "--detect-faces", str(img)]) == 2
     assert "opencv-python-headless<5" in capsys.readouterr().err
+
+
+def trial_eval_probabilities(art: Path, images) -> np.ndarray:
+    """The trial's own evaluation: its eval transform, then its torch model, then softmax."""
+    import torch
+
+    from fer_models import build_model
+    from runners.data.transforms import build_eval_transform
+    from runners.packaging import read_model_config
+
+    cfg = read_model_config(art)
+    size = int(cfg["trial"]["data"]["image_size"])
+    net = build_model(ModelConfig(**cfg["model"]), image_size=size)
+    net.load_state_dict(torch.load(art / "model.pt", weights_only=True))
+    net.eval()
+    tf = build_eval_transform(size, cfg["normalization"]["mean"], cfg["normalization"]["std"])
+    x = torch.stack([torch.from_numpy(tf(image=np.asarray(im))["image"]).permute(2, 0, 1) for im in images])
+    with torch.no_grad():
+        return net(x).logits.softmax(1).numpy()
+
+
+def test_predict_sees_the_pixels_of_the_trials_evaluation(model, tmp_path, capsys):
+    """Issue 10: one decode (EXIF orientation applied) and one resize for the datasets, the trial's
+    evaluation and predict. An EXIF-rotated JPEG and an image smaller than the model's input, read
+    by `predict`, give the probabilities of the trial's own pipeline (dataset decode + eval
+    transform + model) to 1e-5."""
+    from PIL import Image
+
+    from runners.data.synth import generate
+    from runners.predict import read_image
+
+    faces = generate(3, size=48, seed=11).images
+    upright = np.ascontiguousarray(faces[0][:, 6:42])              # 48 rows x 36 columns: orientation shows
+    stored = np.ascontiguousarray(np.rot90(upright, 1))            # 36 x 48, as a camera held sideways stores it
+    exif = Image.Exif()
+    exif[0x0112] = 6                                               # "rotate 90 clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "rotated.jpg", quality=95, exif=exif.tobytes())
+    small = cv2.resize(faces[1], (20, 20), interpolation=cv2.INTER_AREA)   # upscaled to 32 for the model
+    write_png(tmp_path / "small.png", small)
+    write_png(tmp_path / "big.png", faces[2])                      # downscaled
+    (tmp_path / "manifest.csv").write_text("path,label,split\nrotated.jpg,happy,train\nsmall.png,sad,val\n"
+                                           "big.png,angry,test\n")
+
+    # the decode is upright: the shape of the upright image, its pixels up to JPEG's loss
+    got = read_image(tmp_path / "rotated.jpg")
+    assert got.shape == upright.shape
+    assert float(np.abs(got.astype(int) - upright.astype(int)).mean()) < 4.0
+
+    ds = load_dataset("csv", tmp_path / "manifest.csv", image_size=32, cache=False)   # the trial's data path
+    order = [list(ds.keys).index(k) for k in ("rotated.jpg", "small.png", "big.png")]
+    images = [np.asarray(ds.images[i]) for i in order]
+    predictor = model["predictor"]
+    for path, want in zip(("rotated.jpg", "small.png", "big.png"), images):   # the same pixels reach the model
+        np.testing.assert_array_equal(predictor.prepare(read_image(tmp_path / path)), want)
+    want = trial_eval_probabilities(model["art"], images)
+
+    paths = [str(tmp_path / n) for n in ("rotated.jpg", "small.png", "big.png")]
+    assert main(["predict", "--model", model["uri"], "--tracking-uri", model["server"], "--json", *paths]) == 0
+    out = json.loads(capsys.readouterr().out)
+    classes = predictor.classes
+    got = np.array([[o["probabilities"][c] for c in classes] for o in out])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_predict_refuses_a_fifo_without_blocking(model, tmp_path, capsys):
+    """A FIFO (or socket, device) is not read: opening it would wait for a writer forever. It is a
+    per-image error like any unreadable file; the other images are predicted (exit 1)."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    img = write_png(tmp_path / "a.png", np.asarray(model["ds"].images[0]))
+    assert main(["predict", "--model", model["uri"], "--tracking-uri", model["server"], str(fifo), str(img)]) == 1
+    cap = capsys.readouterr()
+    assert f"{fifo}\tERROR\tnot a regular file" in cap.out
+    assert f"{img}\t" in cap.out and "1 of 2 image(s) failed" in cap.err
+
+
+def _cmu_faces_in_frames(tmp_path: Path, n_faces: int = 8, n_blank: int = 3):
+    """CMU frontal faces pasted into 256 x 256 gray frames (the face a small part of the photo, as in
+    a lab set), and blank frames without a face; a CSV manifest over them."""
+    from runners.predict import FaceDetector
+
+    detector = FaceDetector()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    rows, faces, blanks = ["path,label,split"], [], []
+    rng = np.random.default_rng(0)
+    splits = ["train", "val", "test"]
+    for f in sorted(cmu_root().glob("*/*_straight_*_open.pgm")):
+        if len(faces) == n_faces:
+            break
+        face = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+        frame = np.full((256, 256), 110, np.uint8)
+        y, x = int(rng.integers(0, 256 - face.shape[0])), int(rng.integers(0, 256 - face.shape[1]))
+        frame[y:y + face.shape[0], x:x + face.shape[1]] = face
+        rgb = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+        if detector.detect(rgb) is None:            # the test needs faces the cascade finds
+            continue
+        name = f"face{len(faces)}.png"
+        write_png(tmp_path / name, rgb)
+        faces.append((name, f.stem.split("_")[2], rgb))
+        rows.append(f"{name},{faces[-1][1]},{splits[len(faces) % 3]}")
+    for k in range(n_blank):
+        name = f"blank{k}.png"
+        write_png(tmp_path / name, np.full((256, 256, 3), 90 + 20 * k, np.uint8))
+        blanks.append(name)
+        rows.append(f"{name},neutral,{splits[k % 3]}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    assert len(faces) == n_faces
+    return tmp_path / "manifest.csv", faces, blanks
+
+
+def test_evaluate_detect_faces_crops_and_reports_images_without_a_face(model, env, tmp_path, capsys):
+    """Issue 10: a model trained on face crops, evaluated on photos whose face is a small part of the
+    frame, needs the face crop of predict. With --detect-faces each image is cropped to its face (at
+    the image's own size), and images without a face are counted, listed and left out of the metrics."""
+    if not haar_available():
+        pytest.skip("the installed OpenCV has no Haar cascade")
+    if not cmu_root().is_dir():
+        pytest.skip(f"CMU Face Images not found at {cmu_root()} (set FER_AUTOML_SHARED_DATA)")
+    from runners.predict import FaceDetector
+
+    manifest, faces, blanks = _cmu_faces_in_frames(tmp_path / "set")
+    out_dir = tmp_path / "report"
+    rc = main(["evaluate", "--model", model["uri"], "--tracking-uri", model["server"], "--format", "csv",
+               "--data", str(manifest), "--split", "all", "--detect-faces", "--output-dir", str(out_dir)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert f"faces:   found in {len(faces)} of {len(faces) + len(blanks)} images" in text
+    assert f"{len(blanks)} without a face are left out of every metric" in text
+    report = json.loads((out_dir / "evaluation.json").read_text())
+    assert report["num_no_face"] == len(blanks) and sorted(report["face_detection"]["no_face"]) == blanks
+    assert report["num_images"] == len(faces)
+    # the crops were applied: the metrics are those of predict --detect-faces on each face image
+    predictor, detector = model["predictor"], FaceDetector()
+    crops = [detector.crop(rgb)[0] for _, _, rgb in faces]
+    assert all(c is not None and c.shape[0] < 256 for c in crops)
+    p = predictor.predict_proba(crops).argmax(1)
+    y = np.array([predictor.classes.index(label) for _, label, _ in faces])
+    assert report["metrics"]["accuracy"] == pytest.approx(float(np.mean(p == y)), abs=1e-9)
+    run_id = re.search(r"logged: run ([0-9a-f]+)", text).group(1)
+    run = model["client"].get_run(run_id)
+    assert run.data.metrics["all_num_no_face"] == len(blanks) and run.data.metrics["all_num_images"] == len(faces)
+    assert run.data.params["detect_faces"] == "True"
 
 
 # --- evaluate ----------------------------------------------------------------------------------

@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment of the run (default {DEFAULT_EXPERIMENT})")
+    p.add_argument("--detect-faces", action="store_true",
+                   help="crop each image to its largest face first, as predict --detect-faces does (images read at "
+                        "their own size); images without a face are counted and left out of the metrics")
+    p.add_argument("--cascade", default=None, metavar="FILE.xml",
+                   help="a Haar cascade file instead of the one OpenCV bundles (with --detect-faces)")
     p.add_argument("--output-dir", type=Path, default=None,
                    help="also keep the confusion matrix PNG and the JSON report in this folder")
     p.add_argument("--no-log", action="store_true", help="print only; log nothing to MLflow")
@@ -40,28 +45,45 @@ def _evaluate(args: argparse.Namespace) -> int:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from fer_models.errors import UserError, UserPathError
+
     from ..data import get_reader, load_dataset
-    from ..evaluate import evaluate_dataset, log_evaluation, resolve_model_ref, write_artifacts
+    from ..evaluate import check_output_dir, evaluate_dataset, log_evaluation, resolve_model_ref, write_artifacts
     from ..packaging import load_fer_model
+    from ..predict import FaceDetector, FaceDetectorUnavailable
+    from ..registry import require_existing_store
     from ..tracking import check_tracking_server, resolve_tracking_uri
     from .data import _parse_options
 
-    # what can be checked in milliseconds first: the tracking server, the format, the path, the options
+    # what can be checked in milliseconds first: the output folder, the face detector, the tracking server,
+    # the format, the path, the options
+    if args.output_dir is not None:
+        check_output_dir(args.output_dir)
+    detector = None
+    if args.detect_faces:
+        try:
+            detector = FaceDetector(args.cascade)
+        except FaceDetectorUnavailable as exc:
+            raise UserError(str(exc)) from None
+    elif args.cascade:
+        raise UserError("--cascade is used only with --detect-faces")
     tracking = resolve_tracking_uri(args.tracking_uri)
     check_tracking_server(tracking)
+    if args.model.startswith(("models:/", "runs:/")):
+        require_existing_store(tracking, f"--model {args.model!r}")
     reader = get_reader(args.format)
     opts = _parse_options(args.option)
     unknown = set(opts) - set(reader.options)
     if unknown:
-        raise ValueError(f"dataset format {args.format!r} takes no option(s) {sorted(unknown)}; "
+        raise UserError(f"dataset format {args.format!r} takes no option(s) {sorted(unknown)}; "
                          f"its options: {sorted(reader.options) or 'none'}")
     if reader.needs_path:
         if not args.data:
-            raise ValueError(f"dataset format {args.format!r} needs --data PATH ({reader.layout})")
+            raise UserError(f"dataset format {args.format!r} needs --data PATH ({reader.layout})")
         if not Path(args.data).expanduser().exists():
-            raise FileNotFoundError(f"--data {args.data!r} does not exist")
+            raise UserPathError(f"--data {args.data!r} does not exist")
     elif args.data:
-        raise ValueError(f"dataset format {args.format!r} reads no files: drop --data {args.data!r}")
+        raise UserError(f"dataset format {args.format!r} reads no files: drop --data {args.data!r}")
 
     mlflow.set_tracking_uri(tracking)
     mlflow.set_registry_uri(tracking)
@@ -69,9 +91,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not args.no_log or args.model.startswith("models:/"):
         ref = resolve_model_ref(MlflowClient(tracking_uri=tracking, registry_uri=tracking), args.model)
     predictor = load_fer_model(args.model)
-    ds = load_dataset(args.format, args.data, image_size=predictor.image_size, seed=args.seed,
-                      skip_corrupt=args.skip_corrupt, **opts)
-    ev = evaluate_dataset(predictor, ds, args.split)
+    # with face detection the images are read at their own size (as predict reads a file), then cropped and
+    # resized; else at the model's input size (the decode-once cache)
+    ds = load_dataset(args.format, args.data, image_size=None if detector else predictor.image_size,
+                      seed=args.seed, skip_corrupt=args.skip_corrupt, **opts)
+    ev = evaluate_dataset(predictor, ds, args.split, detector=detector)
     logged = {}
     if args.output_dir is not None:
         write_artifacts(ev, args.output_dir)
@@ -80,6 +104,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
             logged = log_evaluation(ev, ref, tracking_uri=tracking, experiment=args.experiment,
                                     params={"seed": args.seed, "format": args.format,
+                                            "detect_faces": bool(detector),
                                             **{f"option.{k}": v for k, v in opts.items()}})
     if args.json:
         print(json.dumps({**ev.to_json(), "mlflow": {**logged, "tracking_uri": tracking} if logged else None,
@@ -108,6 +133,11 @@ def _print_report(ev, ref, logged, tracking, args) -> None:
               f"from every metric ({counts})")
     if m.model_only:
         print(f"         the data has no {', '.join(m.model_only)}: still predicted, and wrong when predicted")
+    if ev.face_detection is not None:
+        fd = ev.face_detection
+        shown = ", ".join(fd["no_face"][:5]) + (", ..." if len(fd["no_face"]) > 5 else "")
+        print(f"faces:   found in {fd['found']} of {fd['images']} images (largest face, {fd['margin']:.0%} margin)"
+              + (f"; {ev.num_no_face} without a face are left out of every metric ({shown})" if ev.num_no_face else ""))
     print()
     print(f"{'metric':<20}{'value':>8}")
     for k in ("accuracy", "balanced_accuracy", "macro_f1"):

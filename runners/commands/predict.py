@@ -59,11 +59,13 @@ def _load(uri: str, tracking_uri):
     import mlflow
 
     from ..packaging import load_fer_model
+    from ..registry import require_existing_store
     from ..tracking import check_tracking_server, resolve_tracking_uri
 
     tracking = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("models:/", "runs:/")):
         check_tracking_server(tracking)
+        require_existing_store(tracking, f"--model {uri!r}")
     mlflow.set_tracking_uri(tracking)
     mlflow.set_registry_uri(tracking)
     return load_fer_model(uri)

@@ -16,7 +16,7 @@ import numpy as np
 
 ENV_VAR = "FER_AUTOML_CACHE_DIR"
 DEFAULT_DIR = Path("~/.cache/fer-automl/data")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: EXIF orientation applied when decoding; source sizes kept
 
 
 def cache_root(cache_dir: Union[str, Path, None] = None) -> Path:
@@ -73,8 +73,9 @@ class Writer:
                                                shape=(n, hw[0], hw[1], 3))
 
     def commit(self, kept: list[int], skipped: list[str],
-               kept_ids: Optional[list[int]] = None) -> np.ndarray:
-        """kept: rows of the array to keep; kept_ids: their item indices (default: kept)."""
+               kept_ids: Optional[list[int]] = None, sizes: Optional[list] = None) -> np.ndarray:
+        """kept: rows of the array to keep; kept_ids: their item indices (default: kept);
+        sizes: (height, width) of each kept image as decoded, before the resize."""
         arr = self.array
         if len(kept) != arr.shape[0]:          # corrupt images were skipped: compact
             compact_tmp = _tmp_name(self.npy)
@@ -90,6 +91,7 @@ class Writer:
             arr.flush()
             self.array = arr = None
         meta = {"fingerprint": self.fingerprint, "kept": kept if kept_ids is None else kept_ids, "skipped": skipped,
+                "sizes": [list(map(int, hw)) for hw in sizes] if sizes is not None else None,
                 "version": FORMAT_VERSION}
         meta_tmp = _tmp_name(self.meta_path)
         meta_tmp.write_text(json.dumps(meta))

@@ -6,6 +6,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .errors import UserError
+
 #: Canonical expression classes, in this order (contempt only where a dataset has it).
 CANONICAL_CLASSES: tuple[str, ...] = (
     "angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "contempt")
@@ -33,7 +35,7 @@ def canonical_label(value: str, *, where: str = "") -> str:
         return LABEL_ALIASES[key]
     except KeyError:
         loc = f"{where}: " if where else ""
-        raise ValueError(
+        raise UserError(
             f"{loc}unknown expression label {value!r}; expected one of "
             f"{', '.join(CANONICAL_CLASSES)} (or an alias such as happiness, anger, surprised)"
         ) from None
@@ -59,6 +61,8 @@ class FERDataset:
     subjects: N subject ids (str), or None when the set has none
     keys:     N relative paths (or 'file.csv#row' for pixel-string rows): what the
               fingerprint hashes, and how errors name an image
+    source_sizes: N x 2 int (height, width) of each image as decoded, before any resize, or
+              None where unknown (the per-split size statistics of `runners.data.stats`)
     """
 
     images: np.ndarray
@@ -75,6 +79,7 @@ class FERDataset:
     format: str = ""
     num_skipped: int = 0
     from_cache: bool = False
+    source_sizes: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -86,7 +91,9 @@ class FERDataset:
             self.subjects = np.asarray(self.subjects, dtype=object)
         if self.keys is not None:
             self.keys = np.asarray(self.keys, dtype=object)
-        for attr in ("images", "splits", "poses", "subjects", "keys"):
+        if self.source_sizes is not None:
+            self.source_sizes = np.asarray(self.source_sizes, dtype=np.int64).reshape(-1, 2)
+        for attr in ("images", "splits", "poses", "subjects", "keys", "source_sizes"):
             value = getattr(self, attr)
             if value is not None and len(value) != n:
                 raise ValueError(f"FERDataset {self.name!r}: {attr} has {len(value)} entries, labels {n}")
@@ -113,7 +120,7 @@ class FERDataset:
         """The images of one split (a view of the same dataset; errors when it is empty)."""
         idx = self.indices(split)
         if len(idx) == 0:
-            raise ValueError(f"split {split!r} of dataset {self.name!r} ({self.source}) has no images")
+            raise UserError(f"split {split!r} of dataset {self.name!r} ({self.source}) has no images")
         return self.take(idx)
 
     def take(self, idx: np.ndarray) -> "FERDataset":
@@ -121,7 +128,8 @@ class FERDataset:
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return replace(
             self, images=self.images[idx], labels=self.labels[idx], splits=self.splits[idx],
-            poses=pick(self.poses), subjects=pick(self.subjects), keys=pick(self.keys))
+            poses=pick(self.poses), subjects=pick(self.subjects), keys=pick(self.keys),
+            source_sizes=pick(self.source_sizes))
 
     # --- counts --------------------------------------------------------------------------
     def class_counts(self, split: Optional[str] = None) -> dict[str, int]:

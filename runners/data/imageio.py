@@ -1,4 +1,11 @@
-"""Listing items, content hashes and decoding (cv2, Pillow as fallback) to uint8 RGB."""
+"""Listing items, content hashes, the one decode (cv2, Pillow as fallback) to uint8 RGB, and the
+one resize.
+
+Every path from a file to a model input goes through `decode_bytes` and `resize_to`: dataset
+loading (and its cache), the trial's eval transform, `fer-automl evaluate`, `fer-automl predict`
+and `FERPredictor.prepare` (what the served model is fed). So a model sees the same pixels in
+training and in use.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -125,11 +132,19 @@ def _pgm_maxval(buf: bytes) -> Optional[int]:
         return None
 
 
+#: OpenCV flags of the one decode: any bit depth and any channel count (16-bit and gray are
+#: converted by `to_rgb_uint8`), and, unlike IMREAD_UNCHANGED, the EXIF orientation applied
+#: (JPEG, PNG, WebP, TIFF): a photo tagged "rotate 90" is read upright, as Pillow's
+#: ImageOps.exif_transpose and every image viewer show it. Alpha is dropped (not composited).
+DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+
 def decode_bytes(buf: bytes) -> np.ndarray:
+    """The bytes of an image file -> H x W x 3 uint8 RGB, upright (EXIF orientation applied)."""
     if not buf:
         raise CorruptImage("empty file")
     try:
-        arr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+        arr = cv2.imdecode(np.frombuffer(buf, np.uint8), DECODE_FLAGS)
     except cv2.error:
         arr = None
     if arr is not None and arr.size:
@@ -140,10 +155,10 @@ def decode_bytes(buf: bytes) -> np.ndarray:
     try:  # formats this OpenCV build lacks (e.g. GIF)
         import io
 
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         with Image.open(io.BytesIO(buf)) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     except Exception as exc:  # noqa: BLE001 - any failure means unreadable
         raise CorruptImage(str(exc) or type(exc).__name__) from None
 
@@ -183,7 +198,11 @@ def decode_item(item: Item, raw: Optional[bytes] = None) -> np.ndarray:
 
 
 def resize_to(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize to (height, width): INTER_AREA down, INTER_LINEAR up."""
+    """The one resize, to (height, width): INTER_AREA when either side shrinks, else INTER_LINEAR.
+
+    Datasets are resized with it when loaded (and cached), the eval transform and
+    `FERPredictor.prepare` call it too, so `predict`, `evaluate` and a trial's own evaluation
+    feed the model the same pixels from the same file."""
     h, w = size
     if img.shape[:2] == (h, w):
         return img

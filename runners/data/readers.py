@@ -7,6 +7,7 @@ hashes, decodes, resizes, splits and fingerprints them, whatever the reader.
 from __future__ import annotations
 
 import csv
+import io
 import re
 import sys
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Callable, ClassVar, Optional, Sequence
 
 from .dataset import BASIC_CLASSES, CANONICAL_CLASSES, canonical_label
 from .imageio import Item, is_image, list_images
+from .errors import NotAFolderError, UserError, UserPathError
 
 READERS: dict[str, type["Reader"]] = {}
 
@@ -31,7 +33,7 @@ def get_reader(name: str) -> "Reader":
     try:
         return READERS[name]()
     except KeyError:
-        raise ValueError(
+        raise UserError(
             f"unknown dataset format {name!r}; known formats: {', '.join(sorted(READERS))}") from None
 
 
@@ -70,35 +72,49 @@ def split_name(value: str, *, where: str) -> str:
     try:
         return SPLIT_ALIASES[key]
     except KeyError:
-        raise ValueError(f"{where}: unknown split {value!r}; expected train, val or test "
+        raise UserError(f"{where}: unknown split {value!r}; expected train, val or test "
                          f"(or Training, PublicTest, PrivateTest)") from None
 
 
 def require_dir(path: Path, what: str = "dataset folder") -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"{what} {path} does not exist")
+        raise UserPathError(f"{what} {path} does not exist")
     if not path.is_dir():
-        raise NotADirectoryError(f"{what} {path} is not a folder")
+        raise NotAFolderError(f"{what} {path} is not a folder")
     return path
 
 
 def require_file(path: Path, what: str = "label file") -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
+        raise UserPathError(f"{what} {path} does not exist")
     return path
 
 
+def read_text(path: Path) -> str:
+    """A text file as UTF-8 (a byte-order mark is dropped); a UserError naming the file, the line
+    and the byte when it is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UserError(f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
+                        "save the file as UTF-8") from None
+
+
 def read_csv(path: Path, required: Sequence[str], *, optional: Sequence[str] = ()) -> tuple[list[str], list[dict]]:
-    """Rows of a CSV with a header; ValueError naming the file when a required column is missing."""
+    """Rows of a CSV with a header; a UserError naming the file when a required column is missing
+    (or the line when it is not UTF-8)."""
     require_file(path, "CSV file")
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with io.StringIO(read_text(path), newline="") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
         missing = [c for c in required if c not in header]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{path}: wrong CSV columns: missing {', '.join(missing)}; found "
                 f"{', '.join(header) or '(no header)'}; expected {', '.join(required)}"
                 + (f" and optionally {', '.join(optional)}" if optional else ""))
@@ -109,7 +125,7 @@ def check_missing(items: Sequence[Item], source: Path, limit: int = 5) -> None:
     missing = [it for it in items if it.path is not None and not it.path.is_file()]
     if missing:
         shown = ", ".join(str(it.path) for it in missing[:limit])
-        raise FileNotFoundError(
+        raise UserPathError(
             f"{source}: {len(missing)} row(s) point to missing images, first: {shown}")
 
 
@@ -120,12 +136,12 @@ def class_folder_items(folder: Path, root: Path, *, split: Optional[str] = None,
     items: list[Item] = []
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
-        raise ValueError(f"{folder}: no class folders (expected {folder}/<class>/<image>)")
+        raise UserError(f"{folder}: no class folders (expected {folder}/<class>/<image>)")
     for sub in subdirs:
         label = canonical_label(sub.name, where=f"class folder {sub}")
         files = list_images(sub)
         if not files:
-            raise ValueError(f"class folder {sub} has no images (empty class {label!r})")
+            raise UserError(f"class folder {sub} has no images (empty class {label!r})")
         for f in files:
             items.append(Item(key=f.relative_to(root).as_posix(), label=label, path=f, split=split,
                               subject=subject_of(f) if subject_of else None))
@@ -150,7 +166,7 @@ class FER2013Reader(Reader):
         require_dir(root)
         split_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_ALIASES]
         if not split_dirs:
-            raise FileNotFoundError(
+            raise UserPathError(
                 f"{root}: neither fer2013.csv nor train/ and test/ folders (expected {self.layout})")
         items: list[Item] = []
         for d in split_dirs:
@@ -168,7 +184,7 @@ class FER2013Reader(Reader):
             where = f"{path} line {i}"
             value = (row.get("emotion") or "").strip()
             if not value.isdigit() or int(value) >= 7:
-                raise ValueError(f"{where}: unknown emotion label {value!r}; expected 0..6 "
+                raise UserError(f"{where}: unknown emotion label {value!r}; expected 0..6 "
                                  f"({', '.join(BASIC_CLASSES)})")
             split = None
             if "Usage" in header:
@@ -197,7 +213,7 @@ class FERPlusReader(Reader):
         if (base / "fer2013.csv").is_file():
             _, pixel_rows = read_csv(base / "fer2013.csv", ["pixels"])
             if len(pixel_rows) != len(rows):
-                raise ValueError(f"{label_csv}: {len(rows)} rows but {base / 'fer2013.csv'} has "
+                raise UserError(f"{label_csv}: {len(rows)} rows but {base / 'fer2013.csv'} has "
                                  f"{len(pixel_rows)}; FERPlus labels are row-aligned with FER2013")
         items: list[Item] = []
         for i, row in enumerate(rows):
@@ -208,7 +224,7 @@ class FERPlusReader(Reader):
             try:
                 votes = [float(row[c] or 0) for c in self.VOTES]
             except ValueError:
-                raise ValueError(f"{where}: vote counts must be numbers, got "
+                raise UserError(f"{where}: vote counts must be numbers, got "
                                  f"{[row[c] for c in self.VOTES]}") from None
             label = self.majority(votes)
             if label is None:
@@ -249,15 +265,15 @@ class RAFDBReader(Reader):
         require_dir(root)
         label_file = require_file(root / "EmoLabel" / "list_patition_label.txt")
         if variant not in ("aligned", "original"):
-            raise ValueError(f"rafdb option variant={variant!r}; expected aligned or original")
+            raise UserError(f"rafdb option variant={variant!r}; expected aligned or original")
         items: list[Item] = []
-        for n, line in enumerate(label_file.read_text().splitlines(), start=1):
+        for n, line in enumerate(read_text(label_file).splitlines(), start=1):
             if not line.strip():
                 continue
             parts = line.split()
             where = f"{label_file} line {n}"
             if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) not in self.LABELS:
-                raise ValueError(f"{where}: expected '<image> <label 1-7>', got {line.strip()!r}")
+                raise UserError(f"{where}: expected '<image> <label 1-7>', got {line.strip()!r}")
             fname, code = parts[0], int(parts[1])
             stem = Path(fname).stem
             split = split_name(stem.split("_", 1)[0], where=where)
@@ -281,7 +297,7 @@ class AffectNetReader(Reader):
     def read(self, root: Path, num_classes: int = 7, images_dir: Optional[str] = None) -> Listing:
         require_dir(root)
         if int(num_classes) not in (7, 8):
-            raise ValueError(f"affectnet option num_classes={num_classes!r}; expected 7 or 8")
+            raise UserError(f"affectnet option num_classes={num_classes!r}; expected 7 or 8")
         lists = root / "Manually_Annotated_file_lists"
         list_dir = lists if lists.is_dir() else root
         if images_dir is not None:
@@ -297,7 +313,7 @@ class AffectNetReader(Reader):
             for i, row in enumerate(rows, start=2):
                 value = (row["expression"] or "").strip()
                 if not value.lstrip("-").isdigit() or not 0 <= int(value) <= 10:
-                    raise ValueError(f"{path} line {i}: unknown expression code {value!r}; expected 0..10")
+                    raise UserError(f"{path} line {i}: unknown expression code {value!r}; expected 0..10")
                 code = int(value)
                 if code > 7 or (code == 7 and int(num_classes) == 7):
                     continue
@@ -324,7 +340,7 @@ class KDEFReader(Reader):
         for f in list_images(root):
             m = self.NAME.match(f.stem)
             if not m:
-                raise ValueError(f"{f}: not a KDEF file name (expected e.g. AF01ANFL.JPG: {self.layout})")
+                raise UserError(f"{f}: not a KDEF file name (expected e.g. AF01ANFL.JPG: {self.layout})")
             _, sex, num, expr, pose = (g.upper() for g in m.groups())
             items.append(Item(key=f.relative_to(root).as_posix(), label=self.EXPR[expr], path=f,
                               pose=self.POSE[pose], subject=f"{sex}{num}"))
@@ -344,7 +360,7 @@ class CKPlusReader(Reader):
         def subject_of(f: Path) -> str:
             m = self.SUBJECT.match(f.name)
             if not m:
-                raise ValueError(f"{f}: no CK+ subject prefix in the file name (expected S010_004_00000017.png)")
+                raise UserError(f"{f}: no CK+ subject prefix in the file name (expected S010_004_00000017.png)")
             return m.group(1).upper()
 
         return Listing(class_folder_items(root, root, subject_of=subject_of))
@@ -365,7 +381,7 @@ class JAFFEReader(Reader):
         for f in list_images(root):
             m = self.NAME.match(f.stem)
             if not m or m.group(2).upper() not in self.EXPR:
-                raise ValueError(f"{f}: not a JAFFE file name with a known expression "
+                raise UserError(f"{f}: not a JAFFE file name with a known expression "
                                  f"(expected e.g. KA.AN1.39.tiff, codes {', '.join(self.EXPR)})")
             items.append(Item(key=f.relative_to(root).as_posix(), label=self.EXPR[m.group(2).upper()],
                               path=f, subject=m.group(1).upper()))
@@ -385,12 +401,12 @@ class CMUFacesReader(Reader):
     def read(self, root: Path, scale: int = 1) -> Listing:
         require_dir(root)
         if int(scale) not in (1, 2, 4):
-            raise ValueError(f"cmu_faces option scale={scale!r}; expected 1 (128x120), 2 (64x60) or 4 (32x30)")
+            raise UserError(f"cmu_faces option scale={scale!r}; expected 1 (128x120), 2 (64x60) or 4 (32x30)")
         items = []
         for f in list_images(root):
             m = self.NAME.match(f.stem)
             if not m:
-                raise ValueError(f"{f}: not a CMU Face Images file name (expected {self.layout})")
+                raise UserError(f"{f}: not a CMU Face Images file name (expected {self.layout})")
             subject, pose, expr, _eyes, sc = m.groups()
             if int(sc or 1) != int(scale):
                 continue
@@ -432,7 +448,7 @@ class CSVManifestReader(Reader):
             where = f"{path} line {i}"
             rel = (row["path"] or "").strip()
             if not rel:
-                raise ValueError(f"{where}: empty path")
+                raise UserError(f"{where}: empty path")
             p = Path(rel) if Path(rel).is_absolute() else base / rel
             split = (row.get("split") or "").strip()
             items.append(Item(
@@ -464,7 +480,7 @@ class SyntheticReader(Reader):
         from .synth import POSE_CLASSES, generate
 
         if not (0.0 <= float(occlusion) <= 1.0) or float(noise) < 0.0:
-            raise ValueError(f"synthetic faces: occlusion={occlusion!r} (expected 0..1), noise={noise!r} "
+            raise UserError(f"synthetic faces: occlusion={occlusion!r} (expected 0..1), noise={noise!r} "
                              "(expected >= 0)")
         batch = generate(int(n), size=int(size), seed=int(seed), num_subjects=num_subjects,
                          occlusion=float(occlusion), noise=float(noise))

@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 from .dataset import SPLITS
+from .errors import UserError
 
 _SUBJECT_TRIES = 64   # candidate subject orders scored for class balance
 
@@ -78,15 +79,15 @@ def make_splits(labels: np.ndarray, *, subjects: Optional[np.ndarray] = None,
     n = len(labels)
     for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < frac < 1.0:
-            raise ValueError(f"{name}={frac!r}; expected a fraction strictly between 0 and 1")
+            raise UserError(f"{name}={frac!r}; expected a fraction strictly between 0 and 1")
     rng = np.random.default_rng(seed)
     if official is not None:
         out = np.array(["train" if s is None else s for s in official], dtype=object)
         bad = set(out.tolist()) - set(SPLITS)
         if bad:
-            raise ValueError(f"{source}: unknown split names {sorted(bad)}")
+            raise UserError(f"{source}: unknown split names {sorted(bad)}")
         if not np.any(out == "train"):
-            raise ValueError(f"{source}: split 'train' has no images (official split "
+            raise UserError(f"{source}: split 'train' has no images (official split "
                              f"{ {s: int(np.sum(out == s)) for s in SPLITS} })")
     else:
         out = np.full(n, "train", dtype=object)
@@ -102,7 +103,7 @@ def make_splits(labels: np.ndarray, *, subjects: Optional[np.ndarray] = None,
     for s in SPLITS:
         if not np.any(out == s):
             extra = f", {len(set(subjects.tolist()))} subjects" if subjects is not None else ""
-            raise ValueError(
+            raise UserError(
                 f"{source}: split {s!r} has no images ({n} images{extra}; val_fraction={val_fraction}, "
                 f"test_fraction={test_fraction}): too few images or subjects to split")
     if subjects is not None:

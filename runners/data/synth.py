@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from .dataset import BASIC_CLASSES
+from .errors import OutputExistsError, UserError, UserPathError
 
 POSE_CLASSES: tuple[str, ...] = ("frontal", "left", "right", "up", "down")
 # yaw / pitch ranges of each pose bin, degrees (positive yaw: the face turns to its left,
@@ -73,10 +74,10 @@ def generate(n: int, size: int = 64, seed: int = 0, num_subjects: Optional[int] 
              occlusion: float = 0.45, noise: float = 1.0, chunk: int = 256) -> SynthBatch:
     """`n` faces of `size` x `size`; labels and poses balanced; image i of subject i//7 % subjects."""
     if n < 1 or size < 8:
-        raise ValueError(f"synthetic faces: n={n}, size={size}; expected n >= 1 and size >= 8")
+        raise UserError(f"synthetic faces: n={n}, size={size}; expected n >= 1 and size >= 8")
     ns = int(num_subjects or default_num_subjects(n))
     if ns < 1:
-        raise ValueError(f"synthetic faces: num_subjects={num_subjects}; expected >= 1")
+        raise UserError(f"synthetic faces: num_subjects={num_subjects}; expected >= 1")
     rng = np.random.default_rng(seed)
     S = float(size)
 
@@ -292,7 +293,7 @@ def write_imagefolder(out_dir: Union[str, Path], n: int, size: int = 64, seed: i
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output folder {out} exists and is not empty")
+        raise OutputExistsError(f"output folder {out} exists and is not empty")
     batch = generate(n, size=size, seed=seed, num_subjects=num_subjects)
     subj = np.array([f"s{int(s):04d}" for s in batch.subjects], dtype=object)
     splits = make_splits(batch.labels, subjects=subj, seed=seed, val_fraction=val_fraction,
@@ -304,7 +305,7 @@ def write_imagefolder(out_dir: Union[str, Path], n: int, size: int = 64, seed: i
     def save(k: int) -> None:
         ok = cv2.imwrite(str(out / rels[k]), cv2.cvtColor(batch.images[k], cv2.COLOR_RGB2BGR))
         if not ok:
-            raise OSError(f"cannot write {out / rels[k]}")
+            raise UserPathError(f"cannot write {out / rels[k]}")
 
     parallel_map(save, list(range(n)))
     manifest = out / "manifest.csv"

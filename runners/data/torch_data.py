@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from .dataset import FERDataset
+from .errors import UserError
 
 Balance = Literal["none", "resample", "reweight"]
 
@@ -25,7 +26,7 @@ class FERTorchDataset(Dataset):
         self.split = split
         self.index = np.arange(len(dataset)) if split is None else dataset.indices(split)
         if len(self.index) == 0:
-            raise ValueError(f"split {split!r} of dataset {dataset.name!r} ({dataset.source}) has no images")
+            raise UserError(f"split {split!r} of dataset {dataset.name!r} ({dataset.source}) has no images")
         self.transform = transform
 
     def __len__(self) -> int:

@@ -5,6 +5,9 @@ from typing import Sequence, Union
 
 import albumentations as A
 import cv2
+import numpy as np
+
+from .imageio import resize_to
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,11 +61,27 @@ def build_train_transform(image_size: Size, strength: float = 0.5,
     ])
 
 
+class ResizeTo(A.ImageOnlyTransform):
+    """`runners.data.imageio.resize_to` as an albumentations step: the resize of dataset loading,
+    `predict` and `evaluate` (INTER_AREA when shrinking, INTER_LINEAR when enlarging)."""
+
+    def __init__(self, height: int, width: int, p: float = 1.0):
+        super().__init__(p=p)
+        self.height, self.width = int(height), int(width)
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        return resize_to(img, (self.height, self.width))
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("height", "width")
+
+
 def build_eval_transform(image_size: Size, mean: Sequence[float] = IMAGENET_MEAN,
                          std: Sequence[float] = IMAGENET_STD) -> A.Compose:
-    """Resize to the model's input and normalise as the backbone expects."""
+    """Resize to the model's input (`resize_to`, as datasets and predict do) and normalise as the
+    backbone expects."""
     h, w = _hw(image_size)
     return A.Compose([
-        A.Resize(height=h, width=w, interpolation=cv2.INTER_AREA),
+        ResizeTo(h, w),
         A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
     ])
