@@ -62,6 +62,94 @@ def files(**specs: str) -> Callable[[Path], Dict[str, str]]:
     return setup
 
 
+
+# --- data / predict / evaluate / promote fixtures ------------------------------------------------
+def _png(path: Path, value: int = 128, size: int = 24) -> Path:
+    import cv2
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.full((size, size, 3), value, np.uint8))
+    return path
+
+
+def image_folder(**extra: str) -> Callable[[Path], Dict[str, str]]:
+    """A small ImageFolder `set/<class>/*.png` (+ text files `extra`: name -> 'relpath:text')."""
+    def setup(tmp: Path) -> Dict[str, str]:
+        for c in ("happy", "sad"):
+            for k in range(3):
+                _png(tmp / "set" / c / f"{k}.png", 60 * k + 20)
+        out = {"set": str(tmp / "set")}
+        for key, spec in extra.items():
+            rel, _, text = spec.partition(":")
+            out[key] = str(write(tmp / "set" / rel, text))
+        return out
+    return setup
+
+
+def manifest(text: str, encoding: str = "utf-8") -> Callable[[Path], Dict[str, str]]:
+    """`m/manifest.csv` with `text` (in `encoding`) beside images a.png, b.png, c.png."""
+    def setup(tmp: Path) -> Dict[str, str]:
+        for name in ("a", "b", "c"):
+            _png(tmp / "m" / f"{name}.png")
+        path = tmp / "m" / "manifest.csv"
+        path.write_bytes(text.encode(encoding))
+        return {"csv": str(path)}
+    return setup
+
+
+def cascade_files(tmp: Path) -> Dict[str, str]:
+    (tmp / "casc").mkdir()
+    return {"junk": str(write(tmp / "casc" / "junk.xml", "not xml at all")),
+            "other": str(write(tmp / "casc" / "other.xml",
+                               '<?xml version="1.0"?><opencv_storage><foo>1</foo></opencv_storage>')),
+            "img": str(_png(tmp / "a.png")), "dir": str(tmp / "casc")}
+
+
+_STORE_TEMPLATE: Dict[str, Path] = {}
+
+
+def mlflow_store(kind: str = "empty") -> Callable[[Path], Dict[str, str]]:
+    """A SQLite MLflow store `m.db` (a copy of one made once per session: migrations take seconds):
+    `empty`; `runs`: experiment `plain` with a run that is not a trial, experiment `nosearch` with no
+    search run, search `s` whose one trial is finished with val_balanced_accuracy only, search `f`
+    whose one trial failed."""
+    def build(path: Path) -> None:
+        import mlflow
+
+        from runners.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS
+
+        client = mlflow.MlflowClient(f"sqlite:///{path}")
+        client.create_experiment("fer-automl-placeholder", artifact_location=str(path.parent / "art"))
+        if kind == "empty":
+            return
+        plain = client.create_run(client.create_experiment("plain", artifact_location=str(path.parent / "art")))
+        client.set_tag(plain.info.run_id, "note", "not a trial")
+        client.create_experiment("nosearch", artifact_location=str(path.parent / "art"))
+        for name, status in (("s", "finished"), ("f", "failed")):
+            exp = client.create_experiment(name, artifact_location=str(path.parent / "art"))
+            parent = client.create_run(exp, tags={TAG_KIND: "search", TAG_SEARCH: name})
+            child = client.create_run(exp, tags={TAG_KIND: "trial", TAG_SEARCH: name, TAG_STATUS: status,
+                                                 "mlflow.parentRunId": parent.info.run_id})
+            client.log_metric(child.info.run_id, "val_balanced_accuracy", 0.5, step=1)
+        _STORE_TEMPLATE[kind + ":plain"] = Path(plain.info.run_id)
+
+    def setup(tmp: Path) -> Dict[str, str]:
+        import shutil
+        import tempfile
+
+        if kind not in _STORE_TEMPLATE:
+            folder = Path(tempfile.mkdtemp(prefix="fer-battery-store-"))
+            build(folder / "m.db")
+            _STORE_TEMPLATE[kind] = folder / "m.db"
+        shutil.copy(_STORE_TEMPLATE[kind], tmp / "m.db")
+        out = {"db": f"sqlite:///{tmp / 'm.db'}"}
+        if kind + ":plain" in _STORE_TEMPLATE:
+            out["plain_run"] = str(_STORE_TEMPLATE[kind + ":plain"])
+        return out
+    return setup
+
+
 # --- the cases, by area -----------------------------------------------------------------------
 CASES_CLI: List[Case] = [
     Case("no-group", [], ["the following arguments are required"]),
@@ -73,8 +161,113 @@ CASES_MODELS_SPACES: List[Case] = [
     Case("space-check-missing-file", ["space", "check", "{tmp}/missing.yaml"], ["missing.yaml"]),
 ]
 
+NO_MODEL = "{tmp}/no-model"          # a model folder that does not exist: what is checked before it comes first
+SYNTH = ["--format", "synthetic", "-o", "n=70", "-o", "size=16"]
+
 CASES_DATA_PREDICT_EVALUATE: List[Case] = [
     Case("data-inspect-unknown-format", ["data", "inspect", "{tmp}", "--format", "nope"], ["nope"]),
+    Case("data-inspect-missing-path", ["data", "inspect", "{tmp}/nope", "--format", "imagefolder"],
+         ["nope", "does not exist"]),
+    Case("data-inspect-path-is-a-file", ["data", "inspect", "{f}", "--format", "imagefolder"],
+         ["f.txt", "is not a folder"], setup=files(f="f.txt:hello")),
+    Case("data-inspect-needs-a-path", ["data", "inspect", "--format", "imagefolder"], ["imagefolder", "needs a path"]),
+    Case("data-inspect-path-for-synthetic", ["data", "inspect", "{tmp}", "--format", "synthetic"],
+         ["synthetic", "reads no files"]),
+    Case("data-inspect-option-not-key-value", ["data", "inspect", *SYNTH, "-o", "novalue"],
+         ["--option 'novalue'", "KEY=VALUE"]),
+    Case("data-inspect-unknown-option", ["data", "inspect", *SYNTH, "-o", "colour=1"],
+         ["colour", "takes no option"]),
+    Case("data-inspect-bad-option-value", ["data", "inspect", *SYNTH, "-o", "occlusion=2"], ["occlusion=2"]),
+    Case("data-inspect-image-size-zero", ["data", "inspect", *SYNTH, "--image-size", "0"], ["image_size=0"]),
+    Case("data-inspect-csv-not-utf8", ["data", "inspect", "{csv}", "--format", "csv"],
+         ["manifest.csv line 3", "not UTF-8"], setup=manifest("path,label\na.png,happy\nb.png,tr\xe8s triste\n", "latin-1")),
+    Case("data-inspect-csv-wrong-columns", ["data", "inspect", "{csv}", "--format", "csv"],
+         ["manifest.csv", "missing label"], setup=manifest("path,emotion\na.png,happy\n")),
+    Case("data-inspect-csv-unknown-label", ["data", "inspect", "{csv}", "--format", "csv"],
+         ["manifest.csv line 3", "'joyous'"], setup=manifest("path,label\na.png,happy\nb.png,joyous\n")),
+    Case("data-inspect-csv-missing-image", ["data", "inspect", "{csv}", "--format", "csv"],
+         ["missing images", "gone.png"], setup=manifest("path,label\na.png,happy\ngone.png,sad\n")),
+    Case("data-inspect-csv-unknown-split", ["data", "inspect", "{csv}", "--format", "csv"],
+         ["line 2", "unknown split 'holdout'"], setup=manifest("path,label,split\na.png,happy,holdout\n")),
+    Case("data-inspect-csv-empty-path", ["data", "inspect", "{csv}", "--format", "csv"],
+         ["line 3", "empty path"], setup=manifest("path,label\na.png,happy\n,sad\n")),
+    Case("data-inspect-empty-class-folder", ["data", "inspect", "{set}", "--format", "imagefolder"],
+         ["angry", "has no images"], setup=image_folder(e="angry/readme.txt:no images here")),
+    Case("data-inspect-no-class-folders", ["data", "inspect", "{tmp}/m", "--format", "imagefolder"],
+         ["no class folders"], setup=manifest("path,label\na.png,happy\n")),
+    Case("data-inspect-unknown-class-folder", ["data", "inspect", "{set}", "--format", "imagefolder"],
+         ["class folder", "'puzzled'"], setup=image_folder(e="puzzled/x.txt:")),
+    Case("data-inspect-corrupt-image", ["data", "inspect", "{set}", "--format", "imagefolder"],
+         ["junk.png", "--skip-corrupt"], setup=image_folder(j="happy/junk.png:not an image")),
+    Case("data-inspect-sheet-not-png", ["data", "inspect", *SYNTH, "--sheet", "{tmp}/sheet.txt"],
+         ["--sheet", ".png"]),
+    Case("data-inspect-sheet-folder-missing", ["data", "inspect", *SYNTH, "--sheet", "{tmp}/no/such/s.png"],
+         ["--sheet", "does not exist"]),
+    Case("data-inspect-rafdb-labels-not-utf8", ["data", "inspect", "{tmp}/raf", "--format", "rafdb"],
+         ["list_patition_label.txt line 2", "not UTF-8"],
+         setup=lambda tmp: {"f": str(write(tmp / "raf" / "EmoLabel" / "list_patition_label.txt",
+                                           b"train_00001.jpg 5\ntrain_\xff0002.jpg 4\n", "wb"))}),
+    Case("data-inspect-fer2013-bad-emotion", ["data", "inspect", "{csv}", "--format", "fer2013"],
+         ["fer2013.csv line 2", "unknown emotion label '9'"],
+         setup=files(csv="fer2013.csv:emotion,pixels,Usage\n9,1 2 3 4,Training\n")),
+    Case("data-inspect-cmu-bad-scale", ["data", "inspect", "{tmp}", "--format", "cmu_faces", "-o", "scale=3"],
+         ["scale=3", "expected 1"]),
+    Case("data-synth-n-zero", ["data", "synth", "{tmp}/out", "--n", "0"], ["n=0", "n >= 1"]),
+    Case("data-synth-output-not-empty", ["data", "synth", "{tmp}/out", "--n", "14"], ["out", "not empty"],
+         setup=files(f="out/keep.txt:mine")),
+    # predict: what is checked before the model is loaded
+    Case("predict-no-image", ["predict", "--model", NO_MODEL], ["the following arguments are required", "IMAGE"]),
+    Case("predict-cascade-without-detect-faces", ["predict", "--model", NO_MODEL, "--cascade", "{junk}", "{img}"],
+         ["--cascade", "--detect-faces"], setup=cascade_files),
+    Case("predict-cascade-missing", ["predict", "--model", NO_MODEL, "--detect-faces", "--cascade",
+                                     "{tmp}/none.xml", "{img}"], ["none.xml", "no such file"], setup=cascade_files),
+    Case("predict-cascade-not-xml", ["predict", "--model", NO_MODEL, "--detect-faces", "--cascade", "{junk}", "{img}"],
+         ["junk.xml", "not a Haar cascade"], setup=cascade_files),
+    Case("predict-cascade-xml-not-a-cascade", ["predict", "--model", NO_MODEL, "--detect-faces", "--cascade",
+                                               "{other}", "{img}"], ["other.xml", "not a Haar cascade"],
+         setup=cascade_files),
+    Case("predict-cascade-is-a-folder", ["predict", "--model", NO_MODEL, "--detect-faces", "--cascade", "{dir}",
+                                         "{img}"], ["casc", "not a regular file"], setup=cascade_files),
+    Case("predict-model-folder-missing", ["predict", "--model", NO_MODEL, "{img}"],
+         ["cannot load the model", "no-model"], setup=cascade_files),
+    Case("predict-model-folder-not-a-model", ["predict", "--model", "{tmp}/casc", "{img}"],
+         ["cannot load the model", "casc"], setup=cascade_files),
+    Case("predict-models-uri-store-missing", ["predict", "--model", "models:/fer-expression@champion",
+                                              "--tracking-uri", "sqlite:///{tmp}/none.db", "{img}"],
+         ["models:/fer-expression@champion", "none.db", "does not exist"], setup=cascade_files),
+    Case("predict-runs-uri-store-missing", ["predict", "--model", "runs:/0123abcd/model",
+                                            "--tracking-uri", "sqlite:///{tmp}/none.db", "{img}"],
+         ["runs:/0123abcd/model", "does not exist"], setup=cascade_files),
+    Case("predict-model-not-in-registry", ["predict", "--model", "models:/nope@champion", "--tracking-uri", "{db}",
+                                           "{tmp}/a.png"], ["models:/nope@champion"], setup=mlflow_store()),
+    # evaluate: the output folder, the detector, the data and the model, in that order
+    Case("evaluate-output-dir-is-a-file", ["evaluate", "--model", NO_MODEL, *SYNTH, "--output-dir", "{f}"],
+         ["--output-dir", "report.json", "is a file"], setup=files(f="report.json:{}")),
+    Case("evaluate-output-dir-under-a-file", ["evaluate", "--model", NO_MODEL, *SYNTH, "--output-dir", "{f}/sub"],
+         ["--output-dir", "is a file"], setup=files(f="report.json:{}")),
+    Case("evaluate-bad-split", ["evaluate", "--model", NO_MODEL, *SYNTH, "--split", "holdout"],
+         ["--split", "invalid choice", "holdout"]),
+    Case("evaluate-unknown-format", ["evaluate", "--model", NO_MODEL, "--format", "nope", "--data", "{tmp}"],
+         ["unknown dataset format 'nope'"]),
+    Case("evaluate-data-missing", ["evaluate", "--model", NO_MODEL, "--format", "imagefolder", "--data",
+                                   "{tmp}/none"], ["--data", "none", "does not exist"]),
+    Case("evaluate-needs-data", ["evaluate", "--model", NO_MODEL, "--format", "imagefolder"],
+         ["imagefolder", "needs --data"]),
+    Case("evaluate-data-for-synthetic", ["evaluate", "--model", NO_MODEL, "--format", "synthetic", "--data", "{tmp}"],
+         ["synthetic", "reads no files"]),
+    Case("evaluate-unknown-option", ["evaluate", "--model", NO_MODEL, *SYNTH, "-o", "colour=1"],
+         ["colour", "takes no option"]),
+    Case("evaluate-cascade-without-detect-faces", ["evaluate", "--model", NO_MODEL, *SYNTH, "--cascade", "{junk}"],
+         ["--cascade", "--detect-faces"], setup=cascade_files),
+    Case("evaluate-cascade-not-a-cascade", ["evaluate", "--model", NO_MODEL, *SYNTH, "--detect-faces", "--cascade",
+                                            "{other}"], ["other.xml", "not a Haar cascade"], setup=cascade_files),
+    Case("evaluate-model-folder-missing", ["evaluate", "--model", NO_MODEL, *SYNTH, "--no-log"],
+         ["cannot load the model", "no-model"]),
+    Case("evaluate-models-uri-store-missing", ["evaluate", "--model", "models:/fer-expression/1", *SYNTH,
+                                               "--tracking-uri", "sqlite:///{tmp}/none.db"],
+         ["models:/fer-expression/1", "does not exist"]),
+    Case("evaluate-model-not-in-registry", ["evaluate", "--model", "models:/nope/3", *SYNTH, "--tracking-uri", "{db}"],
+         ["models:/nope/3"], setup=mlflow_store()),
 ]
 
 CASES_TRAIN: List[Case] = [
@@ -86,6 +279,29 @@ CASES_SEARCH: List[Case] = [
 CASES_PROMOTE: List[Case] = [
     Case("promote-force-without-reason", ["promote", "--search", "x", "--force",
                                           "--tracking-uri", "sqlite:///{tmp}/m.db"], ["--reason"]),
+    Case("promote-neither-search-nor-run", ["promote"], ["one of the arguments --search --run is required"]),
+    Case("promote-search-and-run", ["promote", "--search", "a", "--run", "b"], ["not allowed with"]),
+    Case("promote-serialization-is-gone", ["promote", "--search", "a", "--serialization", "pickle"],
+         ["unrecognized arguments", "--serialization"]),
+    Case("promote-metric-without-split", ["promote", "--search", "a", "--metric", "accuracy",
+                                          "--tracking-uri", "{db}"], ["--metric 'accuracy'", "val_* or test_*"],
+         setup=mlflow_store()),
+    Case("promote-store-missing", ["promote", "--search", "qs", "--tracking-uri", "sqlite:///{tmp}/none.db"],
+         ["--search 'qs'", "none.db", "does not exist"]),
+    Case("promote-default-store-missing", ["promote", "--search", "qs"], ["mlflow.db", "does not exist"]),
+    Case("promote-unknown-search", ["promote", "--search", "nope", "--tracking-uri", "{db}"],
+         ["--search 'nope'", "no search of that name"], setup=mlflow_store()),
+    Case("promote-experiment-without-search-run", ["promote", "--search", "nosearch", "--tracking-uri", "{db}"],
+         ["'nosearch'", "no fer-automl search run"], setup=mlflow_store("runs")),
+    Case("promote-search-without-finished-trial", ["promote", "--search", "f", "--tracking-uri", "{db}"],
+         ["--search 'f'", "no finished trial", "1 failed"], setup=mlflow_store("runs")),
+    Case("promote-metric-not-logged", ["promote", "--search", "s", "--metric", "val_macro_f1",
+                                       "--tracking-uri", "{db}"], ["val_macro_f1", "not logged"],
+         setup=mlflow_store("runs")),
+    Case("promote-unknown-run", ["promote", "--run", "0123456789abcdef", "--tracking-uri", "{db}"],
+         ["--run '0123456789abcdef'", "no such run"], setup=mlflow_store()),
+    Case("promote-run-not-a-trial", ["promote", "--run", "{plain_run}", "--tracking-uri", "{db}"],
+         ["is not a fer-automl trial run"], setup=mlflow_store("runs")),
 ]
 
 ALL_CASES = (CASES_CLI + CASES_MODELS_SPACES + CASES_DATA_PREDICT_EVALUATE + CASES_TRAIN

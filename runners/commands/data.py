@@ -58,6 +58,11 @@ def _inspect(args: argparse.Namespace) -> int:
     from runners.data.sheet import check_sheet_path
     from runners.data.stats import split_stats, split_warnings
 
+    from fer_models.errors import UserError
+    from runners.data import get_reader
+
+    if not get_reader(args.format).needs_path and args.path is not None:
+        raise UserError(f"dataset format {args.format!r} reads no files: drop the path {args.path!r}")
     if args.sheet is not None:
         check_sheet_path(args.sheet)  # before the dataset is read
     ds = load_dataset(args.format, args.path, image_size=args.image_size, seed=args.seed,
