@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment of the run (default {DEFAULT_EXPERIMENT})")
     p.add_argument("--detect-faces", action="store_true",
                    help="crop each image to its largest face first, as predict --detect-faces does (images read at "
-                        "their own size); images without a face are counted and left out of the metrics")
+                        "the set's native size); images without a face are counted and left out of the metrics")
     p.add_argument("--cascade", default=None, metavar="FILE.xml",
                    help="a Haar cascade file instead of the one OpenCV bundles (with --detect-faces)")
     p.add_argument("--output-dir", type=Path, default=None,
@@ -76,7 +76,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     unknown = set(opts) - set(reader.options)
     if unknown:
         raise UserError(f"dataset format {args.format!r} takes no option(s) {sorted(unknown)}; "
-                         f"its options: {sorted(reader.options) or 'none'}")
+                        f"its options: {sorted(reader.options) or 'none'}")
     if reader.needs_path:
         if not args.data:
             raise UserError(f"dataset format {args.format!r} needs --data PATH ({reader.layout})")

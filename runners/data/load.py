@@ -49,7 +49,7 @@ def _vocab(values: list[Optional[str]], what: str, source: str, keys: list[str])
     if any(have):
         first = [k for k, h in zip(keys, have) if not h][:5]
         raise UserError(f"{source}: {have.count(False)} of {len(values)} images have no {what} "
-                         f"(first: {', '.join(first)}); give it for every image or for none")
+                        f"(first: {', '.join(first)}); give it for every image or for none")
     return False
 
 
@@ -75,7 +75,7 @@ def load_dataset(format: str, path: Union[str, Path, None] = None, *, image_size
     unknown = set(opts) - set(reader.options)
     if unknown:
         raise UserError(f"dataset format {format!r} takes no option(s) {sorted(unknown)}; "
-                         f"its options: {sorted(reader.options) or 'none'}")
+                        f"its options: {sorted(reader.options) or 'none'}")
     size = _size(image_size)
     if "seed" in reader.options:
         opts.setdefault("seed", seed)
@@ -160,7 +160,7 @@ def load_dataset(format: str, path: Union[str, Path, None] = None, *, image_size
 def _raise_corrupt(source: str, bad: list[tuple[str, str]]) -> None:
     shown = "; ".join(f"{k} ({why})" for k, why in bad[:SHOW_BAD])
     raise UserError(f"{source}: {len(bad)} unreadable or corrupt image(s), first: {shown}; "
-                     f"pass skip_corrupt=True (--skip-corrupt) to skip them")
+                    f"pass skip_corrupt=True (--skip-corrupt) to skip them")
 
 
 def _decode_all(items: list[Item], size: Optional[tuple[int, int]], use_cache: bool, fp: str,

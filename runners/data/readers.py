@@ -73,7 +73,7 @@ def split_name(value: str, *, where: str) -> str:
         return SPLIT_ALIASES[key]
     except KeyError:
         raise UserError(f"{where}: unknown split {value!r}; expected train, val or test "
-                         f"(or Training, PublicTest, PrivateTest)") from None
+                        f"(or Training, PublicTest, PrivateTest)") from None
 
 
 def require_dir(path: Path, what: str = "dataset folder") -> Path:
@@ -185,7 +185,7 @@ class FER2013Reader(Reader):
             value = (row.get("emotion") or "").strip()
             if not value.isdigit() or int(value) >= 7:
                 raise UserError(f"{where}: unknown emotion label {value!r}; expected 0..6 "
-                                 f"({', '.join(BASIC_CLASSES)})")
+                                f"({', '.join(BASIC_CLASSES)})")
             split = None
             if "Usage" in header:
                 usage = (row.get("Usage") or "").strip()
@@ -214,7 +214,7 @@ class FERPlusReader(Reader):
             _, pixel_rows = read_csv(base / "fer2013.csv", ["pixels"])
             if len(pixel_rows) != len(rows):
                 raise UserError(f"{label_csv}: {len(rows)} rows but {base / 'fer2013.csv'} has "
-                                 f"{len(pixel_rows)}; FERPlus labels are row-aligned with FER2013")
+                                f"{len(pixel_rows)}; FERPlus labels are row-aligned with FER2013")
         items: list[Item] = []
         for i, row in enumerate(rows):
             where = f"{label_csv} line {i + 2}"
@@ -225,7 +225,7 @@ class FERPlusReader(Reader):
                 votes = [float(row[c] or 0) for c in self.VOTES]
             except ValueError:
                 raise UserError(f"{where}: vote counts must be numbers, got "
-                                 f"{[row[c] for c in self.VOTES]}") from None
+                                f"{[row[c] for c in self.VOTES]}") from None
             label = self.majority(votes)
             if label is None:
                 continue
@@ -382,7 +382,7 @@ class JAFFEReader(Reader):
             m = self.NAME.match(f.stem)
             if not m or m.group(2).upper() not in self.EXPR:
                 raise UserError(f"{f}: not a JAFFE file name with a known expression "
-                                 f"(expected e.g. KA.AN1.39.tiff, codes {', '.join(self.EXPR)})")
+                                f"(expected e.g. KA.AN1.39.tiff, codes {', '.join(self.EXPR)})")
             items.append(Item(key=f.relative_to(root).as_posix(), label=self.EXPR[m.group(2).upper()],
                               path=f, subject=m.group(1).upper()))
         return Listing(items, classes=list(BASIC_CLASSES))
@@ -481,7 +481,7 @@ class SyntheticReader(Reader):
 
         if not (0.0 <= float(occlusion) <= 1.0) or float(noise) < 0.0:
             raise UserError(f"synthetic faces: occlusion={occlusion!r} (expected 0..1), noise={noise!r} "
-                             "(expected >= 0)")
+                            "(expected >= 0)")
         batch = generate(int(n), size=int(size), seed=int(seed), num_subjects=num_subjects,
                          occlusion=float(occlusion), noise=float(noise))
         items = [Item(key=f"synthetic/{i:06d}", label=BASIC_CLASSES[int(y)], data=img,

@@ -88,7 +88,7 @@ def make_splits(labels: np.ndarray, *, subjects: Optional[np.ndarray] = None,
             raise UserError(f"{source}: unknown split names {sorted(bad)}")
         if not np.any(out == "train"):
             raise UserError(f"{source}: split 'train' has no images (official split "
-                             f"{ {s: int(np.sum(out == s)) for s in SPLITS} })")
+                            f"{ {s: int(np.sum(out == s)) for s in SPLITS} })")
     else:
         out = np.full(n, "train", dtype=object)
     all_idx = np.arange(n)
