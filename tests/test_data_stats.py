@@ -16,7 +16,7 @@ import pytest
 
 from runners.cli import main
 from runners.data import BASIC_CLASSES, load_dataset
-from runners.data.stats import SAMPLE, THRESHOLDS, check_splits, split_stats, split_warnings
+from runners.data.stats import MIN_SUBJECTS, SAMPLE, THRESHOLDS, check_splits, split_stats, split_warnings
 from runners.data.synth import generate
 
 
@@ -109,3 +109,17 @@ def test_statistics_are_bounded_and_thresholds_stated():
     assert len(split_warnings({"train": base, "test": dict(base, sharpness=2001.0)})) == 1
     assert split_warnings({"train": base, "val": dict(base, brightness=125.0)}) == []
     assert "contrast" in split_warnings({"train": base, "val": dict(base, contrast=81.0)})[0]
+
+
+def test_few_subjects_do_not_make_a_brightness_warning():
+    """The quick start's data: its validation split holds 2 synthetic identities, 36 gray levels
+    brighter than the 3 of its test split: people, not a preprocessing; no warning. The same
+    figures between splits of many subjects (or unknown subjects) warn."""
+    ds = load_dataset("synthetic", n=700, size=48, seed=0)
+    stats = split_stats(ds)
+    assert stats["val"]["subjects"] < MIN_SUBJECTS and abs(stats["val"]["brightness"] - stats["test"]["brightness"]) > 25
+    assert check_splits(ds, echo=None) == []
+    many = {k: dict(v, subjects=MIN_SUBJECTS) for k, v in stats.items()}
+    assert any("brightness" in w for w in split_warnings(many))
+    unknown = {k: dict(v, subjects=None) for k, v in stats.items()}
+    assert any("brightness" in w for w in split_warnings(unknown))
