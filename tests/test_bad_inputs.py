@@ -189,6 +189,8 @@ CASES_DATA_PREDICT_EVALUATE: List[Case] = [
          ["missing images", "gone.png"], setup=manifest("path,label\na.png,happy\ngone.png,sad\n")),
     Case("data-inspect-csv-unknown-split", ["data", "inspect", "{csv}", "--format", "csv"],
          ["line 2", "unknown split 'holdout'"], setup=manifest("path,label,split\na.png,happy,holdout\n")),
+    Case("data-inspect-csv-is-a-fifo", ["data", "inspect", "{tmp}/pipe.csv", "--format", "csv"],
+         ["pipe.csv", "not a regular file"], setup=lambda tmp: os.mkfifo(tmp / "pipe.csv") or {}),
     Case("data-inspect-csv-empty-path", ["data", "inspect", "{csv}", "--format", "csv"],
          ["line 3", "empty path"], setup=manifest("path,label\na.png,happy\n,sad\n")),
     Case("data-inspect-empty-class-folder", ["data", "inspect", "{set}", "--format", "imagefolder"],

@@ -85,8 +85,10 @@ def require_dir(path: Path, what: str = "dataset folder") -> Path:
 
 
 def require_file(path: Path, what: str = "label file") -> Path:
-    if not path.is_file():
+    if not path.exists():
         raise UserPathError(f"{what} {path} does not exist")
+    if not path.is_file():  # a folder, or a FIFO / socket / device (reading a FIFO would block)
+        raise UserPathError(f"{what} {path} is not a regular file")
     return path
 
 
@@ -149,7 +151,9 @@ def class_folder_items(folder: Path, root: Path, *, split: Optional[str] = None,
 
 
 def _dir_or_file(root: Path, filename: str) -> Path:
-    return root if root.is_file() else require_dir(root) / filename
+    if root.exists() and not root.is_dir():
+        return require_file(root, "file")      # a regular file; a FIFO, socket or device is refused
+    return require_dir(root) / filename
 
 
 # --- FER2013 -------------------------------------------------------------------------------
