@@ -118,13 +118,39 @@ class RunWriter:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
 
+def sqlite_db_path(uri: str) -> Optional[Path]:
+    """The database file of a `sqlite:///PATH` tracking URI, else None."""
+    m = re.match(r"^sqlite:///(.+)$", uri or "")
+    return Path(m.group(1)).expanduser().resolve() if m else None
+
+
+def default_artifact_location(tracking_uri: str, experiment: str) -> Optional[str]:
+    """Where a new experiment of a SQLite store keeps its artifacts: beside the database, in
+    `<db stem>-artifacts/<experiment>` (MLflow's own default is `./mlruns` of whatever folder the
+    command runs in, which two stores used from one folder would share). None for other stores: a
+    tracking server or a database server decides itself."""
+    db = sqlite_db_path(tracking_uri)
+    if db is None:
+        return None
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", experiment).strip(".") or "experiment"
+    if safe != experiment:  # two names that differ only in characters replaced above must not share a folder
+        import hashlib
+
+        safe += "-" + hashlib.sha256(experiment.encode()).hexdigest()[:8]
+    return (db.parent / f"{db.stem}-artifacts" / safe).as_uri()
+
+
 def get_or_create_experiment(client, name: str) -> str:
+    """The id of experiment `name`, created if absent (restored if deleted). Every experiment
+    fer-automl creates is made here: with a SQLite store its artifacts go beside the database
+    (`default_artifact_location`). An experiment that exists keeps its artifact location: to choose
+    another, create it first (`mlflow experiments create -n NAME -l LOCATION`)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
-    return client.create_experiment(name)
+    return client.create_experiment(name, artifact_location=default_artifact_location(client.tracking_uri, name))
 
 
 def find_child_runs(client, experiment_id: str, parent_run_id: str) -> Dict[str, Any]:
