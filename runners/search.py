@@ -359,6 +359,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     if parent is None:
         space_text = Path(space.path).read_text() if getattr(space, "path", None) else ""
         parent = client.create_run(exp_id, run_name=name, tags={TAG_KIND: "search", TAG_SEARCH: name})
+        _OPEN_PARENTS.append((client, uri, parent.info.run_id))  # from here on, a failure ends it
         from .tracking import RunWriter, flatten
 
         RunWriter(client).params(parent.info.run_id, flatten({
@@ -376,7 +377,8 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
             client.log_text(parent.info.run_id, space_text, "space.yaml")
         client.log_text(parent.info.run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "search_spec.yaml")
     parent_id = parent.info.run_id
-    _OPEN_PARENTS.append((client, uri, parent_id))  # from here on, a failure ends it (_ends_its_parent_run)
+    if not _OPEN_PARENTS or _OPEN_PARENTS[-1][2] != parent_id:  # a resumed search's parent
+        _OPEN_PARENTS.append((client, uri, parent_id))  # from here on, a failure ends it (_ends_its_parent_run)
     if resume:
         _reopen_parent(client, uri, parent_id)
 
