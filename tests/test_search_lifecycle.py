@@ -157,6 +157,24 @@ def test_a_read_only_storage_folder_is_refused_before_anything_is_written(tmp_pa
     assert not (tmp_path / "mlflow.db").exists() and not list(storage.iterdir())
 
 
+def test_a_read_only_store_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path, "ro-store-at-start", num_samples=1)
+    db = tmp_path / "mlflow.db"
+    sqlite3.connect(db).close()
+    before = db.read_bytes()
+    if not make_unwritable(db):
+        pytest.skip("no way here to make a file that this user cannot write (chattr)")
+    try:
+        rc = main(["search", str(space), "--storage-path", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{db}"])
+    finally:
+        make_writable(db)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"sqlite:///{db}" in err and "--tracking-uri" in err and "not writable" in err, err
+    assert db.read_bytes() == before and not (tmp_path / "ray").exists()
+
+
 # --- however a search ends after its parent run exists, the parent ends --------------------------
 
 @pytest.mark.slow
