@@ -9,17 +9,24 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
 
+from fer_models.errors import UserError, UserPathError
+
 from .pareto import is_number, pareto_front
-from .tracking import (TAG_KIND, TAG_PARETO, TAG_SEARCH, check_tracking_server, find_child_runs,
-                       get_or_create_experiment, make_tracker, resolve_tracking_uri)
+from .tracking import (TAG_FAILURE, TAG_KIND, TAG_PARETO, TAG_SEARCH, TAG_STATUS, check_store_writable,
+                       check_tracking_server, complete_trial_runs, find_child_runs, get_or_create_experiment, guarded,
+                       make_tracker, resolve_tracking_uri, tracking_paused, unpause_tracking)
 from .trial import DataSpec, mark
 
 # the metrics are the trial's last report (what the scheduler and the searcher saw); the trial keeps
@@ -46,6 +53,7 @@ class SearchResult:
     second_metric: Optional[str] = None  # params | macs | latency_ms in a multi-objective search
     pareto_front: List[Dict[str, Any]] = field(default_factory=list)  # rows on the front, best metric first
     notes: List[str] = field(default_factory=list)  # what the summary could not do (a plot not drawn, ...)
+    tracking_paused: Optional[str] = None  # why MLflow took no writes (the records are incomplete: --resume)
 
 
 def data_spec_from(dataset) -> DataSpec:
@@ -217,6 +225,85 @@ def _find_parent(client, experiment_id: str, name: str):
     return runs[0] if runs else None
 
 
+def _storage_source(storage_path: Optional[str], spec, space) -> str:
+    """Where the storage path came from, for messages: the flag, the key of the file, or the default."""
+    if storage_path:
+        return "--storage-path"
+    if spec.storage_path:
+        return f"search.storage_path in {space.where}"
+    return "the default storage folder ./ray_results (choose another with --storage-path)"
+
+
+def check_storage_writable(storage: str, exp_dir: str, source: str) -> None:
+    """Refuse, before anything is written, a local storage path the search could not write: one under a
+    file, a file itself, or a folder that refuses a new file (read-only, immutable, no permission).
+    The check creates the search's folder and a probe file in it, then removes both (and any parent
+    folder it made), so it leaves nothing behind either way. Remote storage (s3://...) is not probed."""
+    if storage.startswith("file://"):
+        from urllib.parse import urlparse
+
+        exp_dir = urlparse(exp_dir).path
+    elif "://" in storage:
+        return
+    target = Path(exp_dir)
+    existing = target
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserPathError(f"{source}: storage path {storage!r} cannot be used: {existing} is a file, not a folder "
+                            "(give a folder, or a path where one can be made)")
+    made: List[Path] = []
+    try:
+        for folder in reversed([target, *target.parents]):
+            if folder == existing or folder in existing.parents:
+                continue
+            folder.mkdir()
+            made.append(folder)
+        probe = target / f".fer-automl-write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise UserPathError(f"{source}: storage path {storage!r} is not writable ({why}: {exc.filename or target}); "
+                            "give a folder this user can write") from None
+    finally:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+
+# the parent runs of the searches under way in this process (run_search's own, innermost last)
+_OPEN_PARENTS: List[tuple] = []
+
+
+def _ends_its_parent_run(run):
+    """Once a search's parent run exists, however the search ends, it ends the parent: FINISHED (the
+    summary), FAILED with the reason in a tag on an exception, KILLED on Ctrl-C or SIGTERM; never
+    RUNNING (unless the MLflow store takes no writes any more: --resume ends it then)."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        depth = len(_OPEN_PARENTS)
+        try:
+            return run(*args, **kwargs)
+        except KeyboardInterrupt:
+            if len(_OPEN_PARENTS) > depth:
+                _end_parent(*_OPEN_PARENTS[-1], "KILLED", "interrupted (Ctrl-C or SIGTERM); continue it with --resume")
+            raise
+        except BaseException as exc:
+            if len(_OPEN_PARENTS) > depth:
+                _end_parent(*_OPEN_PARENTS[-1], "FAILED", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            del _OPEN_PARENTS[depth:]
+
+    return wrapper
+
+
+@_ends_its_parent_run
 def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[str] = None, format: Optional[str] = None,
                num_samples: Optional[int] = None, storage_path: Optional[str] = None, address: Optional[str] = None,
                tracking_uri: Optional[str] = None, resume: bool = False, verbose: int = 1) -> SearchResult:
@@ -234,6 +321,9 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
     exp_dir = f"{storage.rstrip('/')}/{name}"
+    check_storage_writable(storage, exp_dir, _storage_source(storage_path, spec, space))
+    check_store_writable(uri)
+    unpause_tracking(uri)  # a search run before in this process may have paused it
 
     grid_fixed, grid_note, grid_param_space = None, None, None
     if spec.algorithm == "grid":  # the grid is enumerated (and its fixed floats named) before anything runs
@@ -262,15 +352,16 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     import mlflow
     from ray import tune
 
+    can_restore = tune.Tuner.can_restore(exp_dir)
+    if resume and not can_restore:  # before the experiment is made: a refused command writes nothing
+        raise UserError(f"--resume: no search to resume at {exp_dir}")
     client = mlflow.MlflowClient(uri)
     exp_id = get_or_create_experiment(client, name)
-    can_restore = tune.Tuner.can_restore(exp_dir)
-    if resume and not can_restore:
-        raise ValueError(f"--resume: no search to resume at {exp_dir}")
     parent = _find_parent(client, exp_id, name) if (resume and can_restore) else None
     if parent is None:
         space_text = Path(space.path).read_text() if getattr(space, "path", None) else ""
         parent = client.create_run(exp_id, run_name=name, tags={TAG_KIND: "search", TAG_SEARCH: name})
+        _OPEN_PARENTS.append((client, uri, parent.info.run_id))  # from here on, a failure ends it
         from .tracking import RunWriter, flatten
 
         RunWriter(client).params(parent.info.run_id, flatten({
@@ -290,6 +381,10 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         if data_warnings:
             client.log_text(parent.info.run_id, "\n".join(data_warnings) + "\n", "data_warnings.txt")
     parent_id = parent.info.run_id
+    if not _OPEN_PARENTS or _OPEN_PARENTS[-1][2] != parent_id:  # a resumed search's parent
+        _OPEN_PARENTS.append((client, uri, parent_id))  # from here on, a failure ends it (_ends_its_parent_run)
+    if resume:
+        _reopen_parent(client, uri, parent_id)
 
     from search_spaces import point_from_config
 
@@ -303,7 +398,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
               "data": data_spec.__dict__, "second_objective": spec.second_objective}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, static=static), resources)
     run_config = tune.RunConfig(
-        name=name, storage_path=storage, callbacks=[tracker], verbose=verbose,
+        name=name, storage_path=storage, callbacks=[tracker, interrupt_watch()], verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if resume:
@@ -315,11 +410,101 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
             num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
             max_concurrent_trials=spec.max_concurrent))
     mark("fit_start")
-    grid = tuner.fit()
+    grid = _fit(tuner)
+    if INTERRUPTED.is_set():
+        # Ray Tune took the Ctrl-C (or SIGTERM, see _fit) itself: it saved the search's state, stopped
+        # the trials and returned early
+        print(f"fer-automl: search {name} interrupted; its state is saved: continue it with the same command "
+              "and --resume", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
     res = _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_epochs)
     if grid_note:
         res.notes.insert(0, grid_note)
     return res
+
+
+def _reopen_parent(client, uri: str, parent_id: str) -> None:
+    """A resumed search runs again: its parent, and the child runs of trials that had not ended (all
+    KILLED or FAILED by the interruption), are RUNNING until they end."""
+    def reopen() -> None:
+        run = client.get_run(parent_id)
+        for child in find_child_runs(client, run.info.experiment_id, parent_id).values():
+            if child.info.status != "RUNNING" and child.data.tags.get(TAG_STATUS) == "running":
+                client.update_run(child.info.run_id, status="RUNNING")
+        if run.info.status != "RUNNING":
+            client.update_run(parent_id, status="RUNNING")
+        if TAG_FAILURE in run.data.tags:
+            client.delete_tag(parent_id, TAG_FAILURE)
+
+    guarded(uri, reopen)
+
+
+def _end_parent(client, uri: str, parent_id: str, status: str, reason: str) -> None:
+    """End the parent run `status` (FAILED | KILLED) with `reason` in a tag, and the child runs of
+    trials that had not ended KILLED (their status tag stays `running`: --resume continues them). A
+    store that takes no writes any more (tracking paused) is left as it is: --resume ends the runs."""
+    def end() -> None:
+        run = client.get_run(parent_id)
+        client.set_tag(parent_id, TAG_FAILURE, reason[:5000])
+        for child in find_child_runs(client, run.info.experiment_id, parent_id).values():
+            if child.info.status == "RUNNING":
+                client.set_terminated(child.info.run_id, "KILLED")
+        client.set_terminated(parent_id, status)
+
+    guarded(uri, end)
+
+
+# set when Ray Tune took a Ctrl-C during `tuner.fit()`: it then returns normally, its trials stopped
+# (and marked terminated), so nothing in the results tells an interrupted search from a finished one
+INTERRUPTED = threading.Event()
+
+
+def interrupt_watch():
+    """A Ray Tune callback that sets INTERRUPTED when Tune's Ctrl-C handler runs: at each step of the
+    search it wraps whatever SIGINT handler is in place (Tune installs its own inside `fit`)."""
+    from ray.tune import Callback
+
+    class InterruptWatch(Callback):
+        def on_step_begin(self, iteration, trials, **info):
+            if threading.current_thread() is not threading.main_thread():
+                return
+            current = signal.getsignal(signal.SIGINT)
+            if getattr(current, "fer_automl_watch", False):
+                return
+
+            def watch(signum, frame):
+                # looked up at call time: this callback is pickled with the search and restored by --resume
+                sys.modules["runners.search"].INTERRUPTED.set()
+                if callable(current):
+                    current(signum, frame)
+                elif current != signal.SIG_IGN:
+                    raise KeyboardInterrupt
+
+            watch.fer_automl_watch = True
+            signal.signal(signal.SIGINT, watch)
+
+    return InterruptWatch()
+
+
+def _fit(tuner):
+    """`tuner.fit()`, with SIGTERM (a scheduler or `kill` stopping the search) taken like Ctrl-C:
+    Ray Tune saves the search's state and returns, and the parent run ends KILLED."""
+    INTERRUPTED.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit()
+
+    def on_sigterm(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)  # Ray Tune's own during fit: stop, save, return
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return tuner.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def sort_leaderboard(rows: List[Dict[str, Any]], metric: str, mode: str) -> List[Dict[str, Any]]:
@@ -358,7 +543,12 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
 
     second = spec.second_metric
     columns = leaderboard_columns(second)
-    rows, failures = [], {}
+    uri = client.tracking_uri
+
+    def mlf(fn, *args, **kwargs):  # every MLflow write of the summary: skipped while tracking is paused
+        return guarded(uri, fn, *args, **kwargs)
+
+    rows, failures, ended = [], {}, []
     for res in grid:  # the order the trials ran in
         trial_id = res.metrics.get("trial_id") if res.metrics else None
         point = point_from_config(res.config or {}, space)
@@ -372,6 +562,11 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
             row[c] = (res.metrics or {}).get(c)
         row["point"] = point
         rows.append(row)
+        if trial_id:
+            ended.append((trial_id, row["status"], failures.get(trial_id), res))
+    # the child runs that tracking left open while it was paused (the store took no writes): a resumed
+    # search completes them from what Tune kept; a search tracked throughout has none
+    mlf(complete_trial_runs, client, exp_id, parent_id, name, ended, lambda cfg: point_from_config(cfg, space))
     notes: List[str] = []
 
     # Optuna's plots, from a study rebuilt out of the trials in the order they ran
@@ -380,7 +575,7 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
         notes += skipped
         _, plot_notes = write_plots(study, art_dir / "plots", spec.metric, second)
         notes += plot_notes
-        client.log_artifacts(parent_id, str(art_dir / "plots"), "plots")
+        mlf(client.log_artifacts, parent_id, str(art_dir / "plots"), "plots")
     except Exception as exc:  # noqa: BLE001 - the plots must not lose the leaderboard
         notes.append(f"plots: not written: {type(exc).__name__}: {exc}")
 
@@ -401,32 +596,37 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
         best_path = Path(exp_dir if "://" not in exp_dir else tempfile.mkdtemp(prefix="fer-search-best-")) \
             / "best_point.yaml"
         best_path.write_text(yaml.safe_dump(best["point"], sort_keys=False))
-        client.log_artifact(parent_id, str(best_path))
+        mlf(client.log_artifact, parent_id, str(best_path))
     _write_csv(art_dir / "leaderboard.csv", ["rank", "trial_id", "status", *columns, "point"],
                [[i, r["trial_id"], r["status"], *[r.get(c) for c in columns], json.dumps(r["point"])]
                 for i, r in enumerate(rows, 1)])
-    client.log_artifact(parent_id, str(art_dir / "leaderboard.csv"))
+    mlf(client.log_artifact, parent_id, str(art_dir / "leaderboard.csv"))
     if second:
         rank = {id(r): i for i, r in enumerate(rows, 1)}
         _write_csv(art_dir / "pareto_front.csv", ["rank", "trial_id", "status", key, second, "point"],
                    [[rank[id(r)], r["trial_id"], r["status"], r[key], r[second], json.dumps(r["point"])] for r in front])
-        client.log_artifact(parent_id, str(art_dir / "pareto_front.csv"))
-        writer = RunWriter(client)
-        children = find_child_runs(client, exp_id, parent_id)
-        for r in rows:
-            run = children.get(r["trial_id"])
-            if run is not None:
-                writer.tags(run.info.run_id, {TAG_PARETO: "true" if r.get("pareto") else "false"})
-        client.set_tag(parent_id, "fer_automl.pareto_size", str(len(front)))
+        mlf(client.log_artifact, parent_id, str(art_dir / "pareto_front.csv"))
+
+        def tag_front() -> None:
+            writer = RunWriter(client)
+            children = find_child_runs(client, exp_id, parent_id)
+            for r in rows:
+                run = children.get(r["trial_id"])
+                if run is not None:
+                    writer.tags(run.info.run_id, {TAG_PARETO: "true" if r.get("pareto") else "false"})
+            client.set_tag(parent_id, "fer_automl.pareto_size", str(len(front)))
+
+        mlf(tag_front)
     if best is not None:
-        client.log_metric(parent_id, f"best_{key}", float(best[key]))
-    client.set_tag(parent_id, "fer_automl.num_failed", str(len(failures)))
+        mlf(client.log_metric, parent_id, f"best_{key}", float(best[key]))
+    mlf(client.set_tag, parent_id, "fer_automl.num_failed", str(len(failures)))
     if notes:
-        client.log_text(parent_id, "\n".join(notes) + "\n", "notes.txt")
-    client.set_terminated(parent_id, "FINISHED")
+        mlf(client.log_text, parent_id, "\n".join(notes) + "\n", "notes.txt")
+    # ended only once everything above is logged; with tracking paused it stays RUNNING (--resume ends it)
+    mlf(client.set_terminated, parent_id, "FINISHED")
     return SearchResult(name, exp_id, parent_id, exp_dir, rows, best["point"] if best else None, best_path,
                         len(failures), failures, metric=key, mode=spec.mode, second_metric=second,
-                        pareto_front=front, notes=notes)
+                        pareto_front=front, notes=notes, tracking_paused=tracking_paused(uri))
 
 
 def _fmt(v: Any) -> str:

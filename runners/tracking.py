@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from fer_models.errors import UserError, UserPathError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -34,6 +36,11 @@ TAG_NODE_IP = "fer_automl.node_ip"
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
 
+TRACKING_URI_SOURCES = "--tracking-uri, search.tracking_uri or $MLFLOW_TRACKING_URI"
+# the schemes of MLflow's tracking stores (a database URI may name its driver: postgresql+psycopg2://)
+TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
 def resolve_tracking_uri(uri: Optional[str]) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory.
     Relative SQLite/file paths are made absolute: Ray moves trials into their own directories."""
@@ -41,14 +48,26 @@ def resolve_tracking_uri(uri: Optional[str]) -> str:
     m = re.match(r"^sqlite:///(?!/)(.+)$", uri)
     if m:
         uri = "sqlite:///" + str(Path(m.group(1)).resolve())
-    elif "://" not in uri:
-        raise ValueError(f"tracking URI {uri!r}: expected sqlite:///PATH, http(s)://HOST:PORT, postgresql://..., "
-                         "or databricks")
+    elif "://" not in uri or uri.split("://", 1)[0].split("+", 1)[0].lower() not in TRACKING_SCHEMES:
+        raise UserError(f"tracking URI {uri!r} ({TRACKING_URI_SOURCES}): expected sqlite:///PATH, "
+                        "http(s)://HOST:PORT, postgresql://..., mysql://..., file:///PATH or databricks://...")
     return uri
 
 
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
-    """Fail within seconds, before anything is written, when an HTTP tracking server does not answer."""
+    """Fail within seconds, before anything is written, when an HTTP tracking server does not answer
+    or a SQLite store's file cannot be one (a folder, or a path under a file)."""
+    db = sqlite_db_path(uri)
+    if db is not None:
+        if db.is_dir():
+            raise UserPathError(f"tracking URI {uri} ({TRACKING_URI_SOURCES}): {db} is a folder, not a SQLite file")
+        existing = db.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UserPathError(f"tracking URI {uri} ({TRACKING_URI_SOURCES}): {existing} is a file, not a folder: "
+                                "the database cannot be made under it")
+        return
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error
@@ -57,10 +76,122 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
             if r.status != 200:
-                raise ValueError(f"tracking server {uri} answered /health with HTTP {r.status}")
+                raise UserError(f"tracking server {uri} answered /health with HTTP {r.status}")
     except (urllib.error.URLError, OSError) as exc:
-        raise ValueError(f"tracking server {uri} is unreachable ({exc}); start one with mlflow/server.sh "
-                         "or drop --tracking-uri to use sqlite:///mlflow.db") from None
+        raise UserError(f"tracking server {uri} is unreachable ({exc}); start one with mlflow/server.sh "
+                        "or drop --tracking-uri to use sqlite:///mlflow.db") from None
+
+
+def check_store_writable(uri: str) -> None:
+    """Before a search writes anything: a SQLite store must take writes (an existing database is
+    opened for appending, nothing written; a new one's folder gets a probe file, removed at once).
+    Other stores are checked by their first write."""
+    db = sqlite_db_path(uri)
+    if db is None:
+        return
+    try:
+        if db.exists():
+            with open(db, "ab"):
+                pass
+        else:
+            folder = db.parent
+            while not folder.exists():
+                folder = folder.parent
+            probe = folder / f".fer-automl-write-probe-{os.getpid()}-{time.time_ns()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+    except OSError as exc:
+        raise UserError(f"tracking URI {uri} ({TRACKING_URI_SOURCES}): the MLflow store is not writable "
+                        f"({exc.strerror or exc}: {exc.filename or db})") from None
+
+
+# --- a store that stops taking writes mid-search ------------------------------------------------
+# A search must not die (nor print a traceback per write) because its MLflow store stopped taking
+# writes (a SQLite file made read-only, a full disk, a tracking server gone): the first failed
+# write prints one line and pauses tracking for the rest of the search (this process, this URI);
+# the trials go on, and `--resume` later completes the records from the Tune results
+# (`complete_trial_runs`).
+_PAUSED: Dict[str, str] = {}  # tracking URI -> why tracking is paused
+
+
+def _store_errors() -> tuple:
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+
+    types: List[type] = [MlflowException, sqlite3.Error, OSError]
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        types.append(SQLAlchemyError)
+    except ImportError:  # pragma: no cover - mlflow brings sqlalchemy
+        pass
+    try:
+        from requests import RequestException
+
+        types.append(RequestException)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def _store_reason(exc: BaseException) -> str:
+    """The store's own words, one line: '(sqlite3.OperationalError) attempt to write a readonly
+    database [SQL: ...]' -> 'attempt to write a readonly database'."""
+    seen = exc
+    while seen.__cause__ is not None or seen.__context__ is not None:  # the innermost error says it best
+        seen = seen.__cause__ or seen.__context__
+    text = str(seen).strip() or str(exc).strip() or type(exc).__name__
+    line = text.splitlines()[0]
+    line = re.sub(r"^\([\w.]+\)\s*", "", line)
+    return line[:200]
+
+
+def pause_tracking(uri: str, exc: BaseException) -> None:
+    """Pause tracking to `uri` (first failure only prints)."""
+    import sys
+
+    if uri in _PAUSED:
+        return
+    _PAUSED[uri] = _store_reason(exc)
+    print(f"fer-automl: MLflow store {uri} is not writable ({_PAUSED[uri]}): tracking paused, the search goes on; "
+          "once the store takes writes again, rerun the same command with --resume to complete its MLflow records",
+          file=sys.stderr, flush=True)
+
+
+def tracking_paused(uri: str) -> Optional[str]:
+    """Why tracking to `uri` is paused in this process, or None."""
+    return _PAUSED.get(uri)
+
+
+def unpause_tracking(uri: str) -> None:
+    _PAUSED.pop(uri, None)
+
+
+class _NoStoreTracebacks(logging.Filter):
+    """MLflow's SQL store logs every database error with its traceback before raising it: the error
+    is reported once, in one line, by `pause_tracking`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.exc_info)
+
+
+_STORE_LOGGER = "mlflow.store.db.utils"
+
+
+def guarded(uri: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """`fn(*args, **kwargs)` unless tracking to `uri` is paused; a store error pauses it (returns None)."""
+    if uri in _PAUSED:
+        return None
+    quiet = _NoStoreTracebacks()
+    logging.getLogger(_STORE_LOGGER).addFilter(quiet)
+    try:
+        return fn(*args, **kwargs)
+    except _store_errors() as exc:
+        pause_tracking(uri, exc)
+        return None
+    finally:
+        logging.getLogger(_STORE_LOGGER).removeFilter(quiet)
 
 
 def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, str]:
@@ -118,13 +249,39 @@ class RunWriter:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
 
+def sqlite_db_path(uri: str) -> Optional[Path]:
+    """The database file of a `sqlite:///PATH` tracking URI, else None."""
+    m = re.match(r"^sqlite:///(.+)$", uri or "")
+    return Path(m.group(1)).expanduser().resolve() if m else None
+
+
+def default_artifact_location(tracking_uri: str, experiment: str) -> Optional[str]:
+    """Where a new experiment of a SQLite store keeps its artifacts: beside the database, in
+    `<db stem>-artifacts/<experiment>` (MLflow's own default is `./mlruns` of whatever folder the
+    command runs in, which two stores used from one folder would share). None for other stores: a
+    tracking server or a database server decides itself."""
+    db = sqlite_db_path(tracking_uri)
+    if db is None:
+        return None
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", experiment).strip(".") or "experiment"
+    if safe != experiment:  # two names that differ only in characters replaced above must not share a folder
+        import hashlib
+
+        safe += "-" + hashlib.sha256(experiment.encode()).hexdigest()[:8]
+    return (db.parent / f"{db.stem}-artifacts" / safe).as_uri()
+
+
 def get_or_create_experiment(client, name: str) -> str:
+    """The id of experiment `name`, created if absent (restored if deleted). Every experiment
+    fer-automl creates is made here: with a SQLite store its artifacts go beside the database
+    (`default_artifact_location`). An experiment that exists keeps its artifact location: to choose
+    another, create it first (`mlflow experiments create -n NAME -l LOCATION`)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
-    return client.create_experiment(name)
+    return client.create_experiment(name, artifact_location=default_artifact_location(client.tracking_uri, name))
 
 
 def find_child_runs(client, experiment_id: str, parent_run_id: str) -> Dict[str, Any]:
@@ -132,6 +289,47 @@ def find_child_runs(client, experiment_id: str, parent_run_id: str) -> Dict[str,
     runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
                               max_results=5000)
     return {r.data.tags.get(TAG_TRIAL_ID): r for r in runs if r.data.tags.get(TAG_TRIAL_ID)}
+
+
+def complete_trial_runs(client, experiment_id: str, parent_run_id: str, search_name: str, trials: List[tuple],
+                        point_of: Callable[[Dict[str, Any]], Dict[str, Any]]) -> List[str]:
+    """Complete the child runs that tracking left open, or never made, while it was paused.
+
+    `trials`: (trial id, status, failure reason or None, Tune `Result`) per trial that ended. A run
+    already ended is left alone; one still RUNNING, or whose status tag is still `running` (ended
+    KILLED by an interruption), or missing, gets its point, the metric history
+    the trial reported (read back from Tune's storage: steps not logged yet), its artifacts, its
+    status tags, and its end state. Returns the trial ids completed."""
+    children = find_child_runs(client, experiment_id, parent_run_id)
+    writer = RunWriter(client)
+    completed = []
+    for tid, status, failure, res in trials:
+        run = children.get(tid)
+        if run is not None and run.info.status != "RUNNING" and run.data.tags.get(TAG_STATUS) != "running":
+            continue
+        if run is None:
+            run = client.create_run(experiment_id, run_name=f"{search_name}/{tid}",
+                                    tags={"mlflow.parentRunId": parent_run_id, TAG_SEARCH: search_name,
+                                          TAG_TRIAL_ID: tid, TAG_KIND: "trial", TAG_STATUS: "running"})
+        rid = run.info.run_id
+        if not run.data.params:
+            writer.params(rid, flatten(point_of(res.config or {})))
+        logged = {m.step for m in client.get_metric_history(rid, "training_iteration")}
+        history = res.metrics_dataframe
+        for row in ([] if history is None else history.to_dict("records")):
+            row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if not k.startswith("config/")}
+            step = int(row.get("epoch", row.get("training_iteration", 0)) or 0)
+            if step not in logged:
+                writer.metric(rid, numeric_metrics(row), step)
+        writer.flush(rid)
+        if res.checkpoint is not None:
+            with res.checkpoint.as_directory() as d:
+                if (Path(d) / "artifacts").is_dir():
+                    client.log_artifacts(rid, str(Path(d) / "artifacts"), "trial")
+        writer.tags(rid, {TAG_STATUS: status, **({TAG_FAILURE: failure} if failure else {})})
+        client.set_terminated(rid, "FAILED" if status == "failed" else "FINISHED")
+        completed.append(tid)
+    return completed
 
 
 def _tune_callback_base():
@@ -197,10 +395,15 @@ def make_tracker(**kwargs):
             w.params(run.info.run_id, flatten(point))
             return run.info.run_id
 
+        # every callback writes through `guarded`: a store that stops taking writes pauses tracking
+        # (one line) instead of raising into Ray Tune, which would end the search
         def on_trial_start(self, iteration, trials, trial, **info):
-            self._run_for(trial)
+            guarded(self.tracking_uri, self._run_for, trial)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            guarded(self.tracking_uri, self._on_result, trial, result)
+
+        def _on_result(self, trial, result) -> None:
             rid = self._run_for(trial)
             step = int(result.get("epoch", result.get("training_iteration", 0)))
             self.last_step[trial.trial_id] = step
@@ -227,6 +430,9 @@ def make_tracker(**kwargs):
                 log.warning("trial %s: could not log artifacts: %s", trial.trial_id, exc)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            guarded(self.tracking_uri, self._on_complete, trial)
+
+        def _on_complete(self, trial) -> None:
             rid = self._run_for(trial)
             self.writer.flush(rid)
             step = self.last_step.get(trial.trial_id, 0)
@@ -236,6 +442,9 @@ def make_tracker(**kwargs):
             self._client.set_terminated(rid, "FINISHED")
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            guarded(self.tracking_uri, self._on_error, trial)
+
+        def _on_error(self, trial) -> None:
             rid = self._run_for(trial)
             self.writer.flush(rid)
             reason = _failure_reason(trial)
@@ -244,7 +453,7 @@ def make_tracker(**kwargs):
             self._client.set_terminated(rid, "FAILED")
 
         def on_experiment_end(self, trials, **info):
-            self.writer.flush()
+            guarded(self.tracking_uri, lambda: self.writer.flush())
 
     return MLflowTracker(**kwargs)
 

@@ -275,7 +275,50 @@ CASES_DATA_PREDICT_EVALUATE: List[Case] = [
 CASES_TRAIN: List[Case] = [
 ]
 
+def _space_with_storage(tmp: Path) -> Dict[str, str]:
+    """A copy of the quickstart space whose `search.storage_path` is a file."""
+    from search_spaces.schema import resolve_space_path
+
+    (tmp / "store.txt").write_text("not a folder")
+    text = Path(resolve_space_path("quickstart")).read_text()
+    text = text.replace("search:\n", f"search:\n  storage_path: {tmp / 'store.txt'}\n", 1)
+    return {"space": str(write(tmp / "space.yaml", text))}
+
+
+def _search_folder_is_a_file(tmp: Path) -> Dict[str, str]:
+    write(tmp / "runs" / "quickstart", "a file where the search's folder goes")
+    return {}
+
+
 CASES_SEARCH: List[Case] = [
+    # --- lifecycle ---
+    # storage that cannot take the search's checkpoints: refused before anything is written
+    Case("search-storage-path-is-a-file", ["search", "quickstart", "--storage-path", "{store}"],
+         ["--storage-path", "store.txt", "is a file, not a folder"], setup=files(store="store.txt:x")),
+    Case("search-storage-path-under-a-file", ["search", "quickstart", "--storage-path", "{store}/runs"],
+         ["--storage-path", "store.txt", "is a file, not a folder"], setup=files(store="store.txt:x")),
+    Case("search-storage-key-is-a-file", ["search", "{space}"],
+         ["search.storage_path in", "space.yaml", "store.txt", "is a file"], setup=_space_with_storage),
+    Case("search-default-storage-is-a-file", ["search", "quickstart"],
+         ["default storage folder ./ray_results", "--storage-path", "is a file"], setup=files(rr="ray_results:x")),
+    Case("search-folder-of-the-search-is-a-file", ["search", "quickstart", "--storage-path", "{tmp}/runs"],
+         ["--storage-path", "runs/quickstart is a file"], setup=_search_folder_is_a_file),
+    Case("search-storage-path-not-writable", ["search", "quickstart", "--storage-path", "/sys/fer-automl-runs"],
+         ["--storage-path", "/sys/fer-automl-runs", "not writable"], needs=Path("/sys/kernel")),
+    # the MLflow store
+    Case("search-tracking-uri-no-scheme", ["search", "quickstart", "--tracking-uri", "mlflow.db"],
+         ["tracking URI 'mlflow.db'", "--tracking-uri", "sqlite:///PATH"]),
+    Case("search-tracking-uri-unknown-scheme", ["search", "quickstart", "--tracking-uri", "ftp://host/mlflow"],
+         ["tracking URI 'ftp://host/mlflow'", "expected sqlite:///PATH"]),
+    Case("search-tracking-sqlite-under-a-file", ["search", "quickstart", "--tracking-uri", "sqlite:///{f}/m.db"],
+         ["--tracking-uri", "f.txt is a file, not a folder"], setup=files(f="f.txt:x")),
+    Case("search-tracking-sqlite-is-a-folder", ["search", "quickstart", "--tracking-uri", "sqlite:///{tmp}/db"],
+         ["--tracking-uri", "db is a folder, not a SQLite file"], setup=files(keep="db/keep.txt:x")),
+    Case("search-tracking-sqlite-not-writable", ["search", "quickstart", "--tracking-uri",
+                                                  "sqlite:////sys/fer-automl/mlflow.db"],
+         ["sqlite:////sys/fer-automl/mlflow.db", "not writable"], needs=Path("/sys/kernel")),
+    Case("search-tracking-server-unreachable", ["search", "quickstart", "--tracking-uri", "http://127.0.0.1:9"],
+         ["tracking server http://127.0.0.1:9 is unreachable"]),
 ]
 
 CASES_PROMOTE: List[Case] = [

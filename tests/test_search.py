@@ -183,11 +183,15 @@ def test_failing_trials_end_as_failed_runs_with_their_reasons(tmp_path, ray_shut
     space.write_text(yaml.safe_dump(d))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     rc = main(["search", str(space), "--storage-path", str(tmp_path / "ray"), "--tracking-uri", uri])
-    out = capsys.readouterr().out
-    assert rc == 0, out[-3000:]
+    out, err = capsys.readouterr()
+    assert rc == 4, out[-3000:]  # finished, but trials failed for good: not a success
     assert "search fail-it: 3 trials, 2 failed" in out
+    assert "| trial | status |" in out  # the leaderboard is still printed
+    assert "search fail-it finished, but 2 of 3 trials failed" in err
 
-    client, exp, _, children = search_runs(uri, "fail-it")
+    client, exp, parents, children = search_runs(uri, "fail-it")
+    assert [p.info.status for p in parents] == ["FINISHED"]  # the search itself ran to its end
+    assert "leaderboard.csv" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     by_weights = {Path(r.data.params["weights"]).name: r for r in children}
     assert by_weights["good.pt"].info.status == "FINISHED"
     for name, expect in [("nan.pt", "non-finite loss nan"), ("missing.pt", "missing.pt': no such file")]:

@@ -40,4 +40,24 @@ def _search(args: argparse.Namespace) -> int:
         print(f"best point: {res.best_point_path}")
     print(f"MLflow: experiment {res.name!r}, parent run {res.parent_run_id}. Compare the runs with `mlflow ui` "
           "(in this folder for the default sqlite:///mlflow.db), then open http://127.0.0.1:5000")
-    return 0 if len(res.leaderboard) > res.num_failed else 1
+    return search_exit_code(res)
+
+
+# what `fer-automl search` exits with after a search ran to its end (2: bad input, 1: a bug, 130:
+# interrupted come from runners.cli)
+EXIT_TRIALS_FAILED = 4  # finished, but trials failed for good (the leaderboard is printed and logged)
+EXIT_TRACKING_PAUSED = 5  # finished, but the MLflow store took no writes: its records are incomplete
+
+
+def search_exit_code(res) -> int:
+    import sys
+
+    if res.tracking_paused:
+        print(f"fer-automl: search {res.name} finished, but its MLflow records are incomplete (the store took no "
+              f"writes: {res.tracking_paused}); rerun the same command with --resume once it does", file=sys.stderr)
+        return EXIT_TRACKING_PAUSED
+    if res.num_failed:
+        print(f"fer-automl: search {res.name} finished, but {res.num_failed} of {len(res.leaderboard)} trials failed "
+              "(their reasons are above and on their MLflow runs)", file=sys.stderr)
+        return EXIT_TRIALS_FAILED
+    return 0
