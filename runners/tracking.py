@@ -42,7 +42,9 @@ def resolve_tracking_uri(uri: Optional[str]) -> str:
     if m:
         uri = "sqlite:///" + str(Path(m.group(1)).resolve())
     elif "://" not in uri:
-        raise ValueError(f"tracking URI {uri!r}: expected sqlite:///PATH, http(s)://HOST:PORT, postgresql://..., "
+        from fer_models.errors import UserError
+
+        raise UserError(f"tracking URI {uri!r}: expected sqlite:///PATH, http(s)://HOST:PORT, postgresql://..., "
                          "or databricks")
     return uri
 
@@ -54,12 +56,14 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     import urllib.error
     import urllib.request
 
+    from fer_models.errors import UserError
+
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
             if r.status != 200:
-                raise ValueError(f"tracking server {uri} answered /health with HTTP {r.status}")
+                raise UserError(f"tracking server {uri} answered /health with HTTP {r.status}")
     except (urllib.error.URLError, OSError) as exc:
-        raise ValueError(f"tracking server {uri} is unreachable ({exc}); start one with mlflow/server.sh "
+        raise UserError(f"tracking server {uri} is unreachable ({exc}); start one with mlflow/server.sh "
                          "or drop --tracking-uri to use sqlite:///mlflow.db") from None
 
 

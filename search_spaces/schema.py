@@ -309,7 +309,9 @@ def resolve_space_path(name: Union[str, Path]) -> Path:
     shipped = PACKAGE_DIR / f"{Path(stem).name}.yaml"
     if ("/" not in str(name)) and shipped.is_file():
         return shipped
-    raise FileNotFoundError(f"space file {str(name)!r}: no such file (shipped spaces: {', '.join(SHIPPED)})")
+    from fer_models.errors import UserPathError
+
+    raise UserPathError(f"space file {str(name)!r}: no such file (shipped spaces: {', '.join(SHIPPED)})")
 
 
 def read_yaml(path: Path) -> Any:

@@ -155,7 +155,9 @@ def load_dataset(format: str, path: Union[str, Path, None] = None, *, image_size
 
 def _raise_corrupt(source: str, bad: list[tuple[str, str]]) -> None:
     shown = "; ".join(f"{k} ({why})" for k, why in bad[:SHOW_BAD])
-    raise ValueError(f"{source}: {len(bad)} unreadable or corrupt image(s), first: {shown}; "
+    from fer_models.errors import UserError
+
+    raise UserError(f"{source}: {len(bad)} unreadable or corrupt image(s), first: {shown}; "
                      f"pass skip_corrupt=True (--skip-corrupt) to skip them")
 
 
