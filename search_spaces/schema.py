@@ -294,7 +294,8 @@ def _pydantic_errors(exc: ValidationError, where: str) -> List[str]:
             msg = "missing 'type' (choice, int or float)"
         else:
             msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-            if kind.endswith(("_type", "_parsing")) or kind in ("literal_error", "enum"):
+            if (kind.endswith(("_type", "_parsing")) or kind in ("literal_error", "enum")
+                    or isinstance(err["input"], (int, float, str))):  # the value of a bound or rule broken
                 msg += f" (got {err['input']!r})"
         lines.append(f"{where}: {fmt_path(loc)}: {msg}")
     return lines
