@@ -45,6 +45,24 @@ def test_format_and_data_replace_a_synthetic_dataset_keeping_image_size(tmp_path
     assert spec.dataset.n is None and spec.dataset.num_classes is None
 
 
+CMU_FACES = Path(os.environ.get("FER_AUTOML_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) \
+    / "cmu_faces"
+
+
+@pytest.mark.skipif(not CMU_FACES.is_dir(), reason=f"{CMU_FACES} is absent")
+def test_quickstart_with_format_cmu_faces_reads_the_folder(tmp_path, monkeypatch):
+    """The README's `search quickstart --format ... --data DIR` (a raw pydantic error before): what the
+    start-up check and every trial load is DIR, at quickstart's 48 px."""
+    from runners.data import load_dataset
+    from runners.search import data_spec_from
+
+    monkeypatch.setenv("FER_AUTOML_CACHE_DIR", str(tmp_path / "cache"))
+    spec = _merged("quickstart", format="cmu_faces", data=str(CMU_FACES))
+    ds = data_spec_from(spec.dataset).load(spec.dataset.image_size)
+    assert ds.format == "cmu_faces" and ds.images.shape[1:3] == (48, 48)
+    assert ds.fingerprint == load_dataset("cmu_faces", CMU_FACES, image_size=48).fingerprint
+
+
 def test_data_alone_replaces_the_path_of_a_dataset_with_files(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
