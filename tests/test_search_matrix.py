@@ -74,6 +74,29 @@ def test_the_pairwise_cover_covers_every_pair():
     assert len(set(PAIRWISE)) == len(PAIRWISE) and set(PAIRWISE) <= set(FULL)
 
 
+def test_grid_puts_the_presets_first_and_runs_each_point_once(tmp_path):
+    """No Ray: the grid's list of points, as BasicVariantGenerator enumerates it."""
+    from runners.search import _merge_spec, _searcher, is_searcher
+    from search_spaces import POINT_KEY, load_space, to_ray_grid
+
+    d = combo_space("grid", "fifo", True, None)
+    d["presets"]["fast"] = {"attention": "cbam", "num_patches": 0, "lr": 0.01}
+    d["search"]["presets"] = ["fast", "plain", "fast"]
+    space = load_space(d, name="grid.yaml")
+    spec = _merge_spec(space, {})
+    values = dict(spec.grid)
+    alg, param_space = _searcher(space, spec, 2, to_ray_grid(space, values=values))
+    points = param_space[POINT_KEY]["grid_search"]
+    # the presets in their order, once each; then the grid without the point `plain` already ran
+    assert points == [{"attention": "cbam", "num_patches": 0, "lr": 0.01}, PRESET,
+                      {"attention": "se", "num_patches": 0, "lr": 0.005}]
+    assert not is_searcher(alg) and alg.max_concurrent == 1  # the limit goes to the generator itself
+    for algorithm in ("tpe", "random"):  # Searchers: Tune's max_concurrent_trials limits them
+        d = combo_space(algorithm, "fifo", True, None)
+        space = load_space(d, name="s.yaml")
+        assert is_searcher(_searcher(space, _merge_spec(space, {}), 2)[0])
+
+
 @pytest.fixture(scope="module")
 def matrix_env(module_tmp):
     """One working folder, SQLite store and Ray for every search of the module."""
