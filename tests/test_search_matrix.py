@@ -10,8 +10,8 @@ at once). Without presets: one trial. Every search must finish with no failed tr
 second objective when it has one.
 
 The suite runs a pairwise cover of the 36 combinations (9 searches, 14 trials: every pair of values
-of any two factors appears in one of them; 2.5-3.5 min on 2 cores shared with other work);
-FER_AUTOML_FULL_MATRIX=1 runs all 36 (about four times as long).
+of any two factors appears in one of them; measured on 2 cores: 100 s at load ~2, 225 s at load
+~8); FER_AUTOML_FULL_MATRIX=1 runs all 36 (58 trials, 9 min at load 3-7).
 """
 from __future__ import annotations
 
