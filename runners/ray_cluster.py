@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import urlparse
 
+from fer_models.errors import UserError
+
 # FER_AUTOML_SHARED_STORAGE=1: the user vouches that a local-looking storage path is shared by
 # every node (skips the visibility probe of check_storage).
 SHARED_STORAGE_ENV = "FER_AUTOML_SHARED_STORAGE"
@@ -25,7 +27,7 @@ def _split_address(address: str) -> Tuple[str, int]:
         return u.hostname or "", u.port or 10001
     host, _, p = address.rpartition(":")
     if not host or not p.isdigit():
-        raise ValueError(f"Ray address {address!r}: expected 'auto', 'HOST:PORT' or 'ray://HOST:PORT'")
+        raise UserError(f"Ray address {address!r}: expected 'auto', 'HOST:PORT' or 'ray://HOST:PORT'")
     return host.strip("[]"), int(p)
 
 
@@ -58,7 +60,7 @@ def check_address(address: str, timeout: float = 3.0) -> None:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as exc:
-        raise ValueError(f"Ray address {address!r} is unreachable ({exc}); is `ray start --head` running there?") from None
+        raise UserError(f"Ray address {address!r} is unreachable ({exc}); is `ray start --head` running there?") from None
 
 
 def _code_runtime_env() -> Optional[dict]:
@@ -85,7 +87,7 @@ def _code_runtime_env() -> Optional[dict]:
     return {"py_modules": [search_spaces, fer_models, runners]}
 
 
-def _connect_error(address: str, exc: BaseException) -> ValueError:
+def _connect_error(address: str, exc: BaseException) -> UserError:
     chain, e = [], exc
     while e is not None:
         chain.append(str(e))
@@ -93,12 +95,12 @@ def _connect_error(address: str, exc: BaseException) -> ValueError:
     text = " ".join(chain)
     if "auth" in text.lower() or "token" in text.lower():
         mode = os.environ.get("RAY_AUTH_MODE")
-        return ValueError(
+        return UserError(
             f"Ray cluster {address!r} refused the connection: authentication token missing or wrong "
             f"(RAY_AUTH_MODE={mode or 'unset'}). A cluster with token authentication needs RAY_AUTH_MODE=token "
             "and the cluster's token in RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token "
             "(`ray get-auth-token` prints it on the head node)")
-    return ValueError(f"could not connect to the Ray cluster at {address!r}: {str(exc).strip() or type(exc).__name__}")
+    return UserError(f"could not connect to the Ray cluster at {address!r}: {str(exc).strip() or type(exc).__name__}")
 
 
 def init_ray(address: Optional[str], num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
@@ -157,13 +159,13 @@ def check_resources(per_trial: Dict[str, float], cluster: Dict[str, float],
         have = float(cluster.get(name, cluster.get(key, 0.0)))
         what = "GPUs" if key == "gpu" else f"{key} units"
         if have < want:
-            raise ValueError(f"each trial asks for {want:g} {what} but the Ray cluster has {have:g} in total"
+            raise UserError(f"each trial asks for {want:g} {what} but the Ray cluster has {have:g} in total"
                              + ("; set resources.gpu: 0 (CPU trials) or connect to a GPU cluster with --address"
                                 if key == "gpu" else ""))
         if nodes:
             biggest = max(float(n.get(name, n.get(key, 0.0))) for n in nodes)
             if biggest < want:
-                raise ValueError(f"each trial asks for {want:g} {what} but no node of the Ray cluster has that many "
+                raise UserError(f"each trial asks for {want:g} {what} but no node of the Ray cluster has that many "
                                  f"(the biggest has {biggest:g}; {have:g} in total over {len(nodes)} nodes): a trial runs "
                                  "on one node, so ask for at most what one node has")
 
@@ -201,7 +203,7 @@ def check_storage(storage_path: str, timeout: float = STORAGE_PROBE_TIMEOUT_S) -
         marker = folder / f".fer-automl-storage-probe-{token}"
         marker.write_text(token)
     except OSError as exc:
-        raise ValueError(f"storage path {storage_path!r} is not writable here ({exc})") from None
+        raise UserError(f"storage path {storage_path!r} is not writable here ({exc})") from None
 
     def sees_marker(p: str, expected: str) -> bool:  # runs on each node; pickled by value, imports nothing of ours
         try:
@@ -226,9 +228,9 @@ def check_storage(storage_path: str, timeout: float = STORAGE_PROBE_TIMEOUT_S) -
             f"(NFS); {SHARED_STORAGE_ENV}=1 skips this check")
     if blind:
         names = ", ".join(f"{n.get('NodeManagerAddress')} ({n['NodeID'][:8]})" for n in blind)
-        raise ValueError(f"storage path {storage_path!r} is a folder that {len(blind)} of the {len(nodes)} nodes of the "
+        raise UserError(f"storage path {storage_path!r} is a folder that {len(blind)} of the {len(nodes)} nodes of the "
                          f"Ray cluster cannot see ({names}): trials there could not write their checkpoints. " + hint)
     if silent:
         names = ", ".join(f"{n.get('NodeManagerAddress')} ({n['NodeID'][:8]})" for n in silent)
-        raise ValueError(f"storage path {storage_path!r}: could not check that every node sees it; no answer in "
+        raise UserError(f"storage path {storage_path!r}: could not check that every node sees it; no answer in "
                          f"{timeout:g} s from {names}. " + hint)

@@ -65,7 +65,8 @@ def data_spec_from(dataset) -> DataSpec:
         if dataset.image_size is not None:
             opts["size"] = dataset.image_size
     path = str(Path(dataset.path).expanduser().resolve()) if dataset.path else None
-    return DataSpec(format=dataset.format, path=path, options=opts, seed=dataset.seed)
+    return DataSpec(format=dataset.format, path=path, options=opts, seed=dataset.seed,
+                    skip_corrupt=dataset.skip_corrupt)
 
 
 def git_commit() -> str:
@@ -126,22 +127,100 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
 
 # --- the driver -------------------------------------------------------------------------------------
 
+# the flag of `fer-automl search` that sets each key of the search spec (named in its errors)
+SPEC_FLAGS = {"name": "--name", "num_samples": "--num-samples", "storage_path": "--storage-path",
+              "address": "--address", "tracking_uri": "--tracking-uri", "dataset.path": "--data",
+              "dataset.format": "--format", "dataset.skip_corrupt": "--skip-corrupt"}
+# what a dataset of another format keeps of the space's `search.dataset` (the rest, such as the
+# synthetic generator's n, num_classes, pose and seed, belongs to the space's own data)
+KEPT_ACROSS_FORMATS = ("image_size", "skip_corrupt")
+
+
+def _dataset_override(space, dataset: Optional[Dict[str, Any]], data: Optional[str], fmt: Optional[str]):
+    """The space's `search.dataset` with --data / --format applied: a format other than the space's
+    replaces its dataset (keeping image_size and skip_corrupt); --data alone replaces the path of a
+    dataset that has files, and is an error for synthetic data (it has none: which reader?)."""
+    from fer_models.errors import UserError, UserPathError
+
+    from .data.readers import READERS
+
+    if data is None and fmt is None:
+        return dataset
+    old = dict(dataset or {})
+    if fmt is not None and fmt not in READERS:
+        raise UserError(f"--format {fmt!r}: unknown dataset format; known formats: {', '.join(sorted(READERS))}")
+    if fmt is None:  # --data alone
+        if old.get("format") in (None, "synthetic"):
+            raise UserError(f"--data {data!r}: the space's dataset is "
+                            f"{'synthetic (generated, no files)' if old else 'not given'}; "
+                            f"say how to read {data!r} with --format (one of: "
+                            f"{', '.join(f for f in sorted(READERS) if f != 'synthetic')})")
+        fmt = old["format"]
+    if fmt == "synthetic" and data is not None:
+        raise UserError(f"--data {data!r}: --format synthetic generates its images and reads no files; "
+                        "give the format of the data at --data")
+    if fmt == old.get("format"):
+        new = old
+    else:
+        new = {k: old[k] for k in KEPT_ACROSS_FORMATS if k in old}
+        new["format"] = fmt
+        if fmt != "synthetic" and old.get("format") not in (None, "synthetic") and old.get("path") and data is None:
+            new["path"] = old["path"]  # another reader of the same files
+    if data is not None:
+        if not Path(data).expanduser().exists():
+            raise UserPathError(f"--data {data!r}: no such file or folder")
+        new["path"] = data
+    if fmt != "synthetic" and not new.get("path"):
+        raise UserError(f"--format {fmt!r} reads files: give their folder with --data")
+    return new
+
+
+def _spec_error(exc, space, given: Dict[str, Any]):
+    """A SearchSpec ValidationError of the merged spec as a UserError, one line per field: the flag
+    when the value came from one, else the space file and its `search.` key."""
+    from fer_models.errors import UserError, validation_lines
+
+    lines = []
+    for err, line in zip(exc.errors(include_url=False), validation_lines(exc, source=space.where, prefix="search.")):
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        if loc in given:
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            line = f"{SPEC_FLAGS[loc]} {err.get('input')!r}: {msg}"
+        lines.append(line)
+    return UserError("\n".join(lines))
+
+
 def _merge_spec(space, overrides: Dict[str, Any]):
+    """The space's `search:` section with the command line's flags applied (None: not given)."""
+    from pydantic import ValidationError
+
+    from fer_models.errors import UserError, UserPathError
     from search_spaces import SearchSpec
 
-    base = space.search.model_dump() if getattr(space, "search", None) is not None else {}
+    # what the file set (defaults are filled again): a scheduler's settings are checked against its type
+    base = space.search.model_dump(exclude_unset=True) if getattr(space, "search", None) is not None else {}
+    given: Dict[str, Any] = {}
     for k, v in overrides.items():
-        if v is None:
+        if v is None or k in ("data", "format"):
             continue
-        if k == "data":
-            base.setdefault("dataset", {})["path"] = v
-        elif k == "format":
-            base.setdefault("dataset", {})["format"] = v
-        else:
-            base[k] = v
-    spec = SearchSpec.model_validate(base)
+        if k == "skip_corrupt":
+            if v:
+                base.setdefault("dataset", {})["skip_corrupt"] = True
+                given["dataset.skip_corrupt"] = v
+            continue
+        base[k] = v
+        given[k] = v
+    data, fmt = overrides.get("data"), overrides.get("format")
+    base["dataset"] = _dataset_override(space, base.get("dataset"), data, fmt)
+    given.update({k: v for k, v in (("dataset.path", data), ("dataset.format", fmt)) if v is not None})
+    try:
+        spec = SearchSpec.model_validate(base)
+    except ValidationError as exc:
+        raise _spec_error(exc, space, given) from None
     if spec.dataset is None:
-        raise ValueError(f"{space.where}: no dataset: give a `search: dataset:` section or --format/--data")
+        raise UserError(f"{space.where}: no dataset: give a `search: dataset:` section or --format and --data")
+    if spec.dataset.path and not Path(spec.dataset.path).expanduser().exists():
+        raise UserPathError(f"{space.where}: search.dataset.path {spec.dataset.path!r}: no such file or folder")
     return spec
 
 
@@ -162,38 +241,52 @@ def grid_settings(space, spec):
 
 def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str, Any]] = None):
     """(search algorithm, Tune param space); a grid search's param space is the one run_search
-    enumerated before anything started."""
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    enumerated before anything started.
 
-    from search_spaces import to_optuna, to_ray_param_space
+    Every algorithm evaluates the presets first and runs at most `max_concurrent` trials at once:
+    tpe and random are Optuna samplers behind Ray's OptunaSearch (a `Searcher`: Tune limits its
+    concurrency through `max_concurrent_trials`, see `is_searcher`); the grid is Ray's
+    BasicVariantGenerator over the enumerated points, with the presets put first in its list and
+    the limit given to it (Tune's `max_concurrent_trials` takes a Searcher only)."""
+    from ray.tune.search import BasicVariantGenerator
+
+    from fer_models.errors import UserError
+    from search_spaces import POINT_KEY, to_optuna
 
     presets = []
     for name in spec.presets:
         if name not in space.presets:
-            raise ValueError(f"{space.where}: search.presets names {name!r}, which is not a preset of this space "
-                             f"(presets: {', '.join(space.presets) or 'none'})")
+            raise UserError(f"{space.where}: search.presets names {name!r}, which is not a preset of this space "
+                            f"(presets: {', '.join(space.presets) or 'none'})")
         presets.append(dict(space.presets[name]))
-    if spec.algorithm == "tpe":
+    if spec.algorithm in ("tpe", "random"):
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         # multi-objective: Optuna optimises both (the study gets two directions); the scheduler
         # (ASHA) still stops trials on the primary metric alone, given to TuneConfig
         metric, mode = ((spec.metric, spec.mode) if not spec.second_metric
                         else ([spec.metric, spec.second_metric], [spec.mode, "min"]))
-        alg = OptunaSearch(space=to_optuna(space), metric=metric, mode=mode,
-                           points_to_evaluate=presets or None, seed=spec.seed)
-        if spec.max_concurrent:
-            alg = ConcurrencyLimiter(alg, max_concurrent=spec.max_concurrent)
-        return alg, {}
-    if spec.algorithm == "random":
-        from search_spaces import POINT_KEY
-
-        return (BasicVariantGenerator(points_to_evaluate=[{POINT_KEY: p} for p in presets] or None,
-                                      max_concurrent=spec.max_concurrent or 0),
-                to_ray_param_space(space, seed=spec.seed))
+        sampler = (optuna.samplers.TPESampler(seed=spec.seed) if spec.algorithm == "tpe"
+                   else optuna.samplers.RandomSampler(seed=spec.seed))
+        return OptunaSearch(space=to_optuna(space), metric=metric, mode=mode, sampler=sampler,
+                            points_to_evaluate=presets or None), {}
     if spec.algorithm == "grid":
-        return BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0), grid_param_space
-    raise ValueError(f"unknown algorithm {spec.algorithm!r}; valid: tpe, random, grid")
+        points = grid_param_space[POINT_KEY]["grid_search"]
+        first: List[Dict[str, Any]] = []
+        for p in presets:  # a preset already in the grid moves to the front, it is not run twice
+            if p not in first:
+                first.append(p)
+        ordered = first + [p for p in points if p not in first]
+        return BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0), {POINT_KEY: {"grid_search": ordered}}
+    raise ValueError(f"unknown algorithm {spec.algorithm!r}; valid: tpe, random, grid")  # the schema allows no other
+
+
+def is_searcher(alg) -> bool:
+    """Whether Tune's `max_concurrent_trials` applies to `alg` (it does to a `Searcher` only)."""
+    from ray.tune.search import Searcher
+
+    return isinstance(alg, Searcher)
 
 
 def _scheduler(spec, max_epochs: int):
@@ -306,14 +399,21 @@ def _ends_its_parent_run(run):
 @_ends_its_parent_run
 def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[str] = None, format: Optional[str] = None,
                num_samples: Optional[int] = None, storage_path: Optional[str] = None, address: Optional[str] = None,
-               tracking_uri: Optional[str] = None, resume: bool = False, verbose: int = 1) -> SearchResult:
+               tracking_uri: Optional[str] = None, resume: bool = False, skip_corrupt: bool = False,
+               verbose: int = 1) -> SearchResult:
+    from fer_models.errors import UserError
     from search_spaces import load_space
+    from search_spaces.spec import search_name_error
 
     mark("search_start")
     space = load_space(space_file)
     spec = _merge_spec(space, dict(name=name, data=data, format=format, num_samples=num_samples,
-                                   storage_path=storage_path, address=address, tracking_uri=tracking_uri))
+                                   storage_path=storage_path, address=address, tracking_uri=tracking_uri,
+                                   skip_corrupt=skip_corrupt))
     name = spec.name or Path(space.where).stem
+    if search_name_error(name):  # a name from the file's stem (`search.name` and --name are checked with the spec)
+        raise UserError(f"{space.where}: the search is named after the file: {search_name_error(name)}; "
+                        "give search.name or --name")
     max_epochs = _max_epochs(space)
     uri = resolve_tracking_uri(spec.tracking_uri)
     check_tracking_server(uri)
@@ -371,7 +471,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
             "space_file": str(space.path or space.where),
             "space_sha256": hashlib.sha256(space_text.encode()).hexdigest()[:16],
             "dataset": {"format": spec.dataset.format, "path": spec.dataset.path, "name": ds.name,
-                        "fingerprint": ds.fingerprint, "num_images": len(ds)},
+                        "fingerprint": ds.fingerprint, "num_images": len(ds), "num_skipped": ds.num_skipped},
             "git_commit": git_commit(), "python": platform.python_version(), "versions": package_versions(),
             "resources": resources, "storage": exp_dir,
             **({"grid_fixed": grid_fixed} if spec.algorithm == "grid" else {})}))
@@ -408,7 +508,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config, tune_config=tune.TuneConfig(
             metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=_scheduler(spec, max_epochs),
             num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
-            max_concurrent_trials=spec.max_concurrent))
+            max_concurrent_trials=spec.max_concurrent if is_searcher(searcher) else None))
     mark("fit_start")
     grid = _fit(tuner)
     if INTERRUPTED.is_set():

@@ -73,6 +73,8 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     import urllib.error
     import urllib.request
 
+    from fer_models.errors import UserError
+
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
             if r.status != 200:

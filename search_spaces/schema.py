@@ -294,7 +294,8 @@ def _pydantic_errors(exc: ValidationError, where: str) -> List[str]:
             msg = "missing 'type' (choice, int or float)"
         else:
             msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-            if kind.endswith(("_type", "_parsing")) or kind in ("literal_error", "enum"):
+            if (kind.endswith(("_type", "_parsing")) or kind in ("literal_error", "enum")
+                    or isinstance(err["input"], (int, float, str))):  # the value of a bound or rule broken
                 msg += f" (got {err['input']!r})"
         lines.append(f"{where}: {fmt_path(loc)}: {msg}")
     return lines
@@ -309,7 +310,9 @@ def resolve_space_path(name: Union[str, Path]) -> Path:
     shipped = PACKAGE_DIR / f"{Path(stem).name}.yaml"
     if ("/" not in str(name)) and shipped.is_file():
         return shipped
-    raise FileNotFoundError(f"space file {str(name)!r}: no such file (shipped spaces: {', '.join(SHIPPED)})")
+    from fer_models.errors import UserPathError
+
+    raise UserPathError(f"space file {str(name)!r}: no such file (shipped spaces: {', '.join(SHIPPED)})")
 
 
 def read_yaml(path: Path) -> Any:

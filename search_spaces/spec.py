@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
 
 # What the trial reports every epoch (shared/DESIGN.md): the metric a search may optimise.
 REPORTED_METRICS = ("val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "train_loss",
@@ -17,8 +17,25 @@ REPORTED_METRICS = ("val_balanced_accuracy", "val_accuracy", "val_macro_f1", "va
 SECOND_OBJECTIVE_METRICS = {"params": "params", "macs": "macs", "latency": "latency_ms"}
 
 
+# Numbers are strict (`num_samples: true` or `"5"` is an error, not 1 or 5) and finite (no .nan, .inf).
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Seeds go to numpy, Optuna and Python's random: 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+# Most synthetic images a search generates (in memory, on the driver and in every trial).
+MAX_SYNTHETIC_IMAGES = 200_000
+
+
+def search_name_error(name: str) -> Optional[str]:
+    """What is wrong with a search name, or None. The name is a folder under the storage path (and
+    the MLflow experiment): it must be one path component, so that nothing is written outside it."""
+    bad = [c for c in ("/", "\\", "\0") if c in name]
+    if not name or not name.strip() or name in (".", "..") or bad:
+        return (f"{name!r} is not a valid search name: it must be one folder name (not empty, not '.' or '..', "
+                f"no '/', '\\' or NUL character){': it contains ' + ', '.join(map(repr, bad)) if bad else ''}")
+    return None
 
 
 class DatasetSpec(_Strict):
@@ -26,12 +43,14 @@ class DatasetSpec(_Strict):
 
     format: str = Field(..., min_length=1, description="reader name: synthetic, or a dataset layout runners.data knows")
     path: Optional[str] = Field(None, description="dataset folder or file (not for synthetic)")
-    image_size: Optional[int] = Field(
+    image_size: Optional[StrictInt] = Field(
         None, ge=16, le=1024, description="size the reader stores images at (the trial resizes to data.image_size)")
-    n: Optional[int] = Field(None, ge=14, description="number of images (synthetic data only)")
-    num_classes: Optional[int] = Field(None, ge=2, le=8, description="synthetic data: 7 or 8 (with contempt)")
+    n: Optional[StrictInt] = Field(None, ge=14, le=MAX_SYNTHETIC_IMAGES, description="number of images (synthetic data only)")
+    num_classes: Optional[StrictInt] = Field(
+        None, ge=7, le=7, description="synthetic data: 7 (the synthetic faces have the 7 basic expressions)")
     pose: bool = Field(False, description="synthetic data: also generate head-pose labels")
-    seed: int = Field(0, ge=0)
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEED, description="split seed (synthetic data: also the generator's)")
+    skip_corrupt: bool = Field(False, description="skip unreadable images (counted) instead of failing")
 
     @model_validator(mode="after")
     def _needs_path(self) -> "DatasetSpec":
@@ -42,17 +61,27 @@ class DatasetSpec(_Strict):
         return self
 
 
+# the settings each scheduler takes (Ray Tune's ASHAScheduler, HyperBandScheduler, FIFOScheduler)
+SCHEDULER_FIELDS = {"asha": {"type", "grace_period", "max_t", "reduction_factor", "brackets"},
+                    "hyperband": {"type", "max_t", "reduction_factor"},
+                    "fifo": {"type"}}
+
+
 class SchedulerSpec(_Strict):
     """Trial scheduler of Ray Tune. Times are in epochs (one report per epoch)."""
 
     type: Literal["asha", "hyperband", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1, description="asha: epochs every trial runs before it can be stopped")
-    max_t: Optional[int] = Field(None, ge=1, description="most epochs a trial runs; None: the largest epochs of the space")
-    reduction_factor: float = Field(3.0, gt=1.0)
-    brackets: int = Field(1, ge=1, description="asha only")
+    grace_period: StrictInt = Field(1, ge=1, description="asha: epochs every trial runs before it can be stopped")
+    max_t: Optional[StrictInt] = Field(None, ge=1, description="most epochs a trial runs; None: the largest epochs of the space")
+    reduction_factor: StrictFloat = Field(3.0, gt=1.0)
+    brackets: StrictInt = Field(1, ge=1, description="asha only")
 
     @model_validator(mode="after")
     def _bounds(self) -> "SchedulerSpec":
+        unused = sorted(self.model_fields_set - SCHEDULER_FIELDS[self.type])
+        if unused:  # a setting the scheduler would ignore is an error, not a silent no-op
+            raise ValueError(f"{', '.join(unused)}: not a setting of scheduler {self.type!r} (its settings: "
+                             f"{', '.join(sorted(SCHEDULER_FIELDS[self.type] - {'type'})) or 'none'})")
         if self.max_t is not None and self.grace_period > self.max_t:
             raise ValueError(f"grace_period={self.grace_period} is larger than max_t={self.max_t}")
         return self
@@ -61,8 +90,8 @@ class SchedulerSpec(_Strict):
 class ResourcesSpec(_Strict):
     """Logical resources per trial (Ray): fractional GPUs let several trials share one GPU."""
 
-    cpu: float = Field(1.0, gt=0.0)
-    gpu: float = Field(0.0, ge=0.0)
+    cpu: StrictFloat = Field(1.0, gt=0.0)
+    gpu: StrictFloat = Field(0.0, ge=0.0)
 
     @field_validator("gpu")
     @classmethod
@@ -80,9 +109,9 @@ class SearchSpec(_Strict):
     dataset: Optional[DatasetSpec] = None
     algorithm: Literal["tpe", "random", "grid"] = "tpe"
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    num_samples: int = Field(10, ge=1, description="trials (grid: repeats of the whole grid)")
-    max_concurrent: Optional[int] = Field(None, ge=1)
-    time_budget_s: Optional[float] = Field(None, gt=0)
+    num_samples: StrictInt = Field(10, ge=1, description="trials (grid: repeats of the whole grid)")
+    max_concurrent: Optional[StrictInt] = Field(None, ge=1, description="most trials running at once")
+    time_budget_s: Optional[StrictFloat] = Field(None, gt=0, description="seconds; no new trial starts after it")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     metric: str = "val_balanced_accuracy"
     mode: Optional[Literal["max", "min"]] = Field(None, description="default: min for losses, max otherwise")
@@ -94,8 +123,16 @@ class SearchSpec(_Strict):
     storage_path: Optional[str] = None
     address: Optional[str] = Field(None, description="Ray: none = a local Ray; 'auto' or ray://host:port = that cluster")
     tracking_uri: Optional[str] = None
-    max_failures: int = Field(1, ge=0, description="retries of a failed trial from its checkpoint")
-    seed: Optional[int] = Field(None, ge=0, description="seed of the search algorithm")
+    max_failures: StrictInt = Field(1, ge=0, description="retries of a failed trial from its checkpoint")
+    seed: Optional[StrictInt] = Field(None, ge=0, le=MAX_SEED, description="seed of the search algorithm")
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, v: Optional[str]) -> Optional[str]:
+        why = search_name_error(v) if v is not None else None
+        if why:
+            raise ValueError(why)
+        return v
 
     @field_validator("scheduler", mode="before")
     @classmethod

@@ -8,9 +8,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="run a search (Ray Tune + Optuna, tracked in MLflow)")
     p.add_argument("spec", help="a space file with a `search:` section, or a shipped name (quickstart, unified)")
     p.add_argument("--name", help="search name (MLflow experiment and Ray run)")
-    p.add_argument("--data", help="dataset path (overrides search.dataset.path)")
-    p.add_argument("--format", help="dataset reader (overrides search.dataset.format)")
-    p.add_argument("--num-samples", type=int, help="number of trials")
+    p.add_argument("--data", help="dataset folder or file to train on (replaces search.dataset.path; a synthetic "
+                                  "space needs --format too)")
+    p.add_argument("--format", help="reader of --data (`fer-automl data formats`); another format than the space's "
+                                    "replaces its dataset, keeping image_size")
+    p.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="skip unreadable images (counted in the parent run's dataset.num_skipped) instead of failing")
     p.add_argument("--storage-path", help="Ray Tune storage (local folder, NFS or s3://...)")
     p.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a local Ray)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
@@ -23,7 +27,7 @@ def _search(args: argparse.Namespace) -> int:
 
     res = run_search(args.spec, name=args.name, data=args.data, format=args.format, num_samples=args.num_samples,
                      storage_path=args.storage_path, address=args.address, tracking_uri=args.tracking_uri,
-                     resume=args.resume)
+                     resume=args.resume, skip_corrupt=args.skip_corrupt)
     print()
     print(f"search {res.name}: {len(res.leaderboard)} trials, {res.num_failed} failed")
     for tid, why in res.failures.items():
