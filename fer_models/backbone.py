@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from timm.models._features import FeatureDictNet
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ class Backbone(nn.Module):
         try:
             body = timm.create_model(name, pretrained=False, features_only=True, in_chans=in_chans)
         except RuntimeError as exc:  # timm: "Unknown model (x)" / features_only unsupported
-            raise ValueError(f"backbone {name!r} cannot be built by timm with features_only=True: {exc}") from None
+            raise UserError(f"backbone {name!r} cannot be built by timm with features_only=True: {exc}") from None
         info = body.feature_info
         self.name = name
         self.all_channels: List[int] = list(info.channels())
@@ -33,7 +35,7 @@ class Backbone(nn.Module):
         keep = sorted(set(keep))
         bad = [k for k in keep if not 0 <= k < self.num_stages]
         if bad:
-            raise ValueError(
+            raise UserError(
                 f"backbone {name!r} has stages 0..{self.num_stages - 1} (reductions {self.all_reductions}); "
                 f"stage {bad[0]} does not exist")
         self.keep = keep

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from timm.models.resnet import BasicBlock
 
+from .errors import UserError
+
 
 def _shortcut(cin: int, cout: int, stride: int) -> Optional[nn.Module]:
     if cin == cout and stride == 1:
@@ -43,7 +45,7 @@ class MulScaleBlock(nn.Module):
     def __init__(self, cin: int, planes: int, stride: int = 1, groups: int = 4, bidirectional: bool = True):
         super().__init__()
         if groups < 1 or groups > planes:
-            raise ValueError(f"multi-scale block: groups={groups} must be in 1..{planes} (the block's width)")
+            raise UserError(f"multi-scale block: groups={groups} must be in 1..{planes} (the block's width)")
         self.conv1 = nn.Conv2d(cin, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         # in place only on tensors nothing else keeps (bn1's output, the final sum); the cascade's
