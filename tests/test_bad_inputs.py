@@ -136,6 +136,10 @@ CASES_MODELS_SPACES: List[Case] = [
          setup=files(f="m.yaml:num_patches: 5\n")),
     Case("models-describe-pose-without-classes", ["models", "describe", "{f}"], ["m.yaml", "num_pose_classes is not set"],
          setup=files(f="m.yaml:pose_head: true\n")),
+    Case("models-describe-section-check-across-fields", ["models", "describe", "{f}"],
+         ["m.yaml: model: head='concat_l2' concatenates global and local features"],
+         setup=files(f="m.yaml:model:\n  head: concat_l2\n")),
+    Case("models-describe-empty-name", ["models", "describe", ""], ["'' is neither a preset"]),
     Case("models-describe-split-stage-beyond-backbone", ["models", "describe", "{f}", "--image-size", "32"],
          ["split_stage=7"], setup=files(f="m.yaml:num_patches: 4\nsplit_stage: 7\n")),
     # space show / sample / check

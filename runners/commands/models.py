@@ -57,7 +57,7 @@ def _load_config(name: str, num_classes: int):
     if name in PRESETS:
         return preset_config(name, num_classes=num_classes)
     path = Path(name)
-    if not path.exists():
+    if not name or not path.exists():
         raise UserPathError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a model-config file")
     data = load_yaml(path, what="model-config file")
     nested = isinstance(data, dict) and "model" in data
