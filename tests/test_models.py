@@ -299,3 +299,23 @@ def test_build_errors_are_user_errors(tmp_path):
         build_model({"num_patches": 4, "split_stage": 7})
     with pytest.raises(UserError, match="unknown preset 'manet'"):
         preset_config("manet")
+
+
+def test_a_backbone_with_nested_stage_modules_is_truncated():
+    """ConvNeXt's stages are `stages.0..3` (flattened to `stages_0` by timm's feature wrapper):
+    building it used to raise a bare ValueError ('stages.0' is not in list)."""
+    cfg = ModelConfig(backbone="convnext_atto", split_stage=1, num_patches=4, local_aggregation="max",
+                      context_branch=True, context_hidden=16, attention="se")
+    model = build_model(cfg, image_size=64)
+    _fwd_bwd(model, 64)
+    assert not [n for n, p in model.named_parameters() if p.grad is None]
+    assert model.backbone.keep == [1, 2, 3] and list(model.backbone.body.return_layers) == ["stages_1", "stages_2", "stages_3"]
+    cut = build_model(ModelConfig(backbone="convnext_atto", num_scales=2, global_stage=2))
+    assert list(cut.backbone.body.keys())[-1] == "stages_2"  # stage 3 is not built
+    assert count_params(cut.backbone) < count_params(timm.create_model("convnext_atto", features_only=True))
+    _fwd_bwd(cut, 64)
+
+
+def test_a_fixed_input_size_backbone_is_refused():
+    with pytest.raises(UserError, match=r"backbone 'vit_tiny_patch16_224' takes only a fixed 224x224 input"):
+        build_model(ModelConfig(backbone="vit_tiny_patch16_224"))
