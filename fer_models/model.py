@@ -339,6 +339,8 @@ def load_pretrained(model: FERNet, path: Union[str, Path]) -> Dict[str, List[str
     """Load a local state dict into the model (keys of the whole model) or its backbone (keys of
     the timm model, e.g. a ResNet-18 checkpoint). Never downloads. Returns what did not match."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserPathError(f"pretrained_path {str(p)!r} is a folder, not a state-dict file")
     if not p.is_file():
         raise UserPathError(f"pretrained_path {str(p)!r}: no such file")
     try:
