@@ -118,3 +118,16 @@ def test_a_group_that_fails_to_import_fails_the_cli(runners_copy, breakage, argv
     assert "Traceback" in res.stderr
     assert f"ModuleNotFoundError: No module named '{missing}'" in res.stderr
     assert "usage:" not in res.stdout  # no help printed as if nothing were wrong
+
+
+def test_a_reader_that_goes_away_stops_the_output_quietly(tmp_path):
+    """`fer-automl space sample unified -n 3000 | head -1`: no BrokenPipeError traceback; the exit
+    code a shell gives a writer killed by SIGPIPE (141). The real CLI, unmodified."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "runners.cli", "space", "sample", "quickstart", "-n", "20000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path), env=env)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert first.startswith(b"[0] ") and err == ""
