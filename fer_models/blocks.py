@@ -37,9 +37,9 @@ class MulScaleBlock(nn.Module):
 
     conv3x3(stride) -> BN -> ReLU -> split into `groups` channel groups -> two Res2Net-style
     cascades (group k gets ReLU(previous output) + its own split, then conv3x3 + BN) -> the two
-    concatenations of the raw BN outputs (no ReLU) summed -> + shortcut -> ReLU. `bidirectional` runs the second cascade from
-    the last group to the first (2023 code); False runs both 1->G (2021 upload). groups=1 is a
-    plain residual block (one 3x3 convolution after the first).
+    concatenations of the raw BN outputs (no ReLU) summed -> + shortcut -> ReLU. `bidirectional`
+    runs the second cascade from the last group to the first (2023 code); False runs both 1->G
+    (2021 upload). groups=1 is a plain residual block (one 3x3 convolution after the first).
     """
 
     def __init__(self, cin: int, planes: int, stride: int = 1, groups: int = 4, bidirectional: bool = True):
