@@ -131,3 +131,15 @@ def test_a_reader_that_goes_away_stops_the_output_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert first.startswith(b"[0] ") and err == ""
+
+
+def test_the_user_error_family_imports_without_torch():
+    """`fer_models.errors` is what every layer (and the CLI's error handling) imports: it must not
+    pull torch and timm in (seconds), or `fer-automl --help` and every usage error wait for them."""
+    code = ("import sys\nimport fer_models.errors\nfrom fer_models import UserError, UserPathError\n"
+            "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'torch imported'\n"
+            "from fer_models import build_model, preset_config\n"
+            "assert build_model(preset_config('baseline')).branches == ['global']\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=str(REPO))
+    assert res.returncode == 0, res.stderr
