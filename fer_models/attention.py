@@ -16,6 +16,8 @@ from torch import nn
 from timm.layers import EcaModule, GlobalContext, NonLocalAttn, SEModule
 from timm.layers.cbam import CbamModule, SpatialAttn
 
+from .errors import UserError
+
 
 class SpatioChannelAttention(nn.Module):
     """SCAN (SCAN-CCI, Gera & Balasubramanian 2021): one sigmoid weight per channel per position.
@@ -56,7 +58,7 @@ ATTENTION_REGISTRY: Dict[str, Callable[[int], nn.Module]] = {
 def check_attention(name: str) -> str:
     """The name, if registered; else an error listing the valid ones."""
     if name not in ATTENTION_REGISTRY:
-        raise ValueError(f"unknown attention type {name!r}; valid: {', '.join(sorted(ATTENTION_REGISTRY))}")
+        raise UserError(f"unknown attention type {name!r}; valid: {', '.join(sorted(ATTENTION_REGISTRY))}")
     return name
 
 

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from timm.models._features import FeatureDictNet
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +26,12 @@ class Backbone(nn.Module):
         try:
             body = timm.create_model(name, pretrained=False, features_only=True, in_chans=in_chans)
         except RuntimeError as exc:  # timm: "Unknown model (x)" / features_only unsupported
-            raise ValueError(f"backbone {name!r} cannot be built by timm with features_only=True: {exc}") from None
+            raise UserError(f"backbone {name!r} cannot be built by timm with features_only=True: {exc}") from None
+        if (getattr(body, "pretrained_cfg", None) or {}).get("fixed_input_size"):
+            size = body.pretrained_cfg.get("input_size", (3, "?", "?"))[1:]
+            raise UserError(f"backbone {name!r} takes only a fixed {size[0]}x{size[1]} input (a transformer or "
+                            "MLP backbone); the FER branches cut and pool feature maps of any input size: use a "
+                            "CNN (resnet18, resnet50, efficientnet_b0, mobilenetv3_large_100, convnext_atto, ...)")
         info = body.feature_info
         self.name = name
         self.all_channels: List[int] = list(info.channels())
@@ -33,7 +40,7 @@ class Backbone(nn.Module):
         keep = sorted(set(keep))
         bad = [k for k in keep if not 0 <= k < self.num_stages]
         if bad:
-            raise ValueError(
+            raise UserError(
                 f"backbone {name!r} has stages 0..{self.num_stages - 1} (reductions {self.all_reductions}); "
                 f"stage {bad[0]} does not exist")
         self.keep = keep
@@ -44,9 +51,11 @@ class Backbone(nn.Module):
     def _truncate(body: nn.Module, infos: List[dict], keep: List[int]) -> None:
         deepest = max(keep)
         if isinstance(body, FeatureDictNet):
-            names = [infos[i]["module"] for i in keep]
-            body.return_layers = {n: str(i) for n, i in zip(names, keep)}
-            last = infos[deepest]["module"]
+            # timm's own names of the feature modules, in stage order (a nested module is flattened:
+            # 'stages.0' -> 'stages_0', so feature_info's dotted names are not always keys here)
+            name_of = list(body.return_layers)
+            body.return_layers = {name_of[i]: str(i) for i in keep}
+            last = name_of[deepest]
             children = list(body.keys())
             for child in children[children.index(last) + 1:]:
                 del body[child]

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from timm.models.resnet import BasicBlock
 
+from .errors import UserError
+
 
 def _shortcut(cin: int, cout: int, stride: int) -> Optional[nn.Module]:
     if cin == cout and stride == 1:
@@ -35,17 +37,19 @@ class MulScaleBlock(nn.Module):
 
     conv3x3(stride) -> BN -> ReLU -> split into `groups` channel groups -> two Res2Net-style
     cascades (group k gets ReLU(previous output) + its own split, then conv3x3 + BN) -> the two
-    concatenations summed -> + shortcut -> ReLU. `bidirectional` runs the second cascade from
-    the last group to the first (2023 code); False runs both 1->G (2021 upload). groups=1 is a
-    plain residual block (one 3x3 convolution after the first).
+    concatenations of the raw BN outputs (no ReLU) summed -> + shortcut -> ReLU. `bidirectional`
+    runs the second cascade from the last group to the first (2023 code); False runs both 1->G
+    (2021 upload). groups=1 is a plain residual block (one 3x3 convolution after the first).
     """
 
     def __init__(self, cin: int, planes: int, stride: int = 1, groups: int = 4, bidirectional: bool = True):
         super().__init__()
         if groups < 1 or groups > planes:
-            raise ValueError(f"multi-scale block: groups={groups} must be in 1..{planes} (the block's width)")
+            raise UserError(f"multi-scale block: groups={groups} must be in 1..{planes} (the block's width)")
         self.conv1 = nn.Conv2d(cin, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
+        # in place only on tensors nothing else keeps (bn1's output, the final sum); the cascade's
+        # outputs are kept for the join, so the ReLU between groups copies (see _run)
         self.relu = nn.ReLU(inplace=True)
         self.widths = [t.numel() for t in torch.arange(planes).tensor_split(groups)]
         self.groups = groups
@@ -63,7 +67,9 @@ class MulScaleBlock(nn.Module):
         outs: List[Optional[torch.Tensor]] = [None] * len(parts)
         prev = None
         for k in order:
-            inp = parts[k] if prev is None else parts[k] + _match_channels(self.relu(prev), parts[k].shape[1])
+            # torch.relu, not self.relu: prev is also outs[k-1], and the join takes the raw BN output
+            # (MA-Net's out_1 = cat(bn(...), ...)); an in-place ReLU here rewrote it unnoticed
+            inp = parts[k] if prev is None else parts[k] + _match_channels(torch.relu(prev), parts[k].shape[1])
             prev = convs[k](inp)
             outs[k] = prev
         return outs  # type: ignore[return-value]

@@ -11,6 +11,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .attention import check_attention
+from .errors import UserError
 
 VALID_PATCH_COUNTS = (0, 1, 4, 9, 16, 25, 36, 49)
 
@@ -24,8 +25,8 @@ class ModelConfig(BaseModel):
     backbone: str = Field("resnet18", description="any timm CNN that supports features_only")
     pretrained_path: Optional[str] = Field(
         None, description="local state-dict file (torch.load(weights_only=True)); never a download")
-    in_chans: int = Field(3, ge=1)
-    num_classes: int = Field(7, ge=2)
+    in_chans: int = Field(3, ge=1, le=64)
+    num_classes: int = Field(7, ge=2, le=1000, description="expression classes (bounded: a typo must not allocate terabytes)")
     split_stage: int = Field(
         2, ge=1, description="backbone stage whose map is cut into local patches and feeds the multi-scale branch")
 
@@ -64,10 +65,10 @@ class ModelConfig(BaseModel):
 
     # --- context, pose, heads, fusion -----------------------------------------------------
     context_branch: bool = Field(False, description="SCAN-CCI's CCI: ECA on the stage after the split, 2x2 regions, MLP classifiers")
-    context_hidden: int = Field(256, ge=8)
+    context_hidden: int = Field(256, ge=8, le=8192)
     context_shared: bool = Field(True, description="one MLP for the 4 regions (as the SCAN-CCI code does)")
     pose_head: bool = False
-    num_pose_classes: Optional[int] = Field(None, ge=2)
+    num_pose_classes: Optional[int] = Field(None, ge=2, le=1000)
     head: Literal["separate", "concat_l2"] = Field(
         "separate", description="separate: one classifier per branch; concat_l2: global and local features concatenated, L2-normalised, one classifier (SCAN)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -90,20 +91,20 @@ class ModelConfig(BaseModel):
     def _square_grid(cls, v: int) -> int:
         g = int(round(v ** 0.5))
         if v < 0 or g * g != v:
-            raise ValueError(f"num_patches={v} is not a square grid (valid: 0, 4, 9, 16, 25, ...)")
+            raise UserError(f"num_patches={v} is not a square grid (valid: 0, 4, 9, 16, 25, ...)")
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelConfig":
         if self.pose_head and not self.num_pose_classes:
-            raise ValueError("pose_head is true but num_pose_classes is not set (need >= 2 pose classes)")
+            raise UserError("pose_head is true but num_pose_classes is not set (need >= 2 pose classes)")
         if self.head == "concat_l2" and self.num_patches == 0:
-            raise ValueError("head='concat_l2' concatenates global and local features: it needs num_patches > 0")
+            raise UserError("head='concat_l2' concatenates global and local features: it needs num_patches > 0")
         if self.head == "concat_l2" and self.local_aggregation in ("mean", "weighted"):
-            raise ValueError(
+            raise UserError(
                 f"head='concat_l2' needs a feature-level local aggregation (stitch or max), got {self.local_aggregation!r}")
         if self.global_branch == "multiscale" and self.global_stage is not None:
-            raise ValueError("global_stage applies to global_branch='backbone' only (multiscale reads the split stage)")
+            raise UserError("global_stage applies to global_branch='backbone' only (multiscale reads the split stage)")
         return self
 
     @property

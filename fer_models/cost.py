@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import UserError
+
 
 def count_params(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -76,4 +78,4 @@ def cost(model: nn.Module, kind: str, image_size: int, device: Optional[str] = N
                 torch.cuda.set_rng_state_all(cuda_state)
             model.train(was_training)
         return 1000.0 * res["median_s"]
-    raise ValueError(f"unknown cost {kind!r}; valid: params, macs, latency")
+    raise UserError(f"unknown cost {kind!r}; valid: params, macs, latency")

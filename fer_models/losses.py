@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
 from .model import FERNet, FEROutput
 
 
@@ -68,7 +69,7 @@ class DWAWeighting(_Weighting):
     def __init__(self, terms, fixed, temperature: float = 2.0, **kw):
         super().__init__(terms, fixed, **kw)
         if temperature <= 0:
-            raise ValueError(f"dwa_temperature must be > 0, got {temperature}")
+            raise UserError(f"dwa_temperature must be > 0, got {temperature}")
         self.temperature = temperature
         self.history: List[Dict[str, float]] = []
         self.current = {t: 1.0 for t in terms}
@@ -104,9 +105,9 @@ class FERLoss(nn.Module):
                  class_weights: Optional[torch.Tensor] = None, dwa_temperature: float = 2.0):
         super().__init__()
         if weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown loss weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+            raise UserError(f"unknown loss weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.terms = [b for b in model.branches if not b.startswith("patch_")]
         fixed = {b: model.group_weight(model.branch_group(b)) for b in self.terms}
         if model.cfg.pose_head:

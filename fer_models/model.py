@@ -33,6 +33,7 @@ from .attention import AttentionGate, attention_factory, make_attention
 from .backbone import Backbone
 from .blocks import attention_basic_stages, multiscale_stages
 from .config import ModelConfig
+from .errors import UserError, UserPathError
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,11 @@ def patch_bounds(size: int, grid: int, mode: str) -> List[Tuple[int, int]]:
     """Cell boundaries along one axis. 'ceil': ceil(size/grid) per cell, the last takes the rest
     (SCAN-CCI: 28 -> 6,6,6,6,4; MA-Net: 28 -> 14,14). 'even': sizes differ by at most one."""
     if grid > size:
-        raise ValueError(f"a {grid}x{grid} grid does not fit a feature map of {size}x{size}")
+        raise UserError(f"a {grid}x{grid} grid does not fit a feature map of {size}x{size}")
     if mode == "ceil":
         step = math.ceil(size / grid)
         if step * (grid - 1) >= size:
-            raise ValueError(f"patch_split='ceil' cannot cut a map of {size} into {grid} cells of {step} "
+            raise UserError(f"patch_split='ceil' cannot cut a map of {size} into {grid} cells of {step} "
                              f"(the last cell would be empty); use patch_split='even'")
         edges = [min(i * step, size) for i in range(grid)] + [size]
     else:
@@ -92,7 +93,7 @@ class FERNet(nn.Module):
         split = cfg.split_stage
         uses_split = cfg.num_patches > 0 or cfg.global_branch == "multiscale"
         if uses_split and not 1 <= split < last:
-            raise ValueError(f"split_stage={split} must be a stage with a later stage after it: "
+            raise UserError(f"split_stage={split} must be a stage with a later stage after it: "
                              f"1..{last - 1} for backbone {cfg.backbone!r} (stages 0..{last})")
         keep = set()
         if uses_split:
@@ -101,10 +102,10 @@ class FERNet(nn.Module):
         if cfg.global_branch == "backbone":
             g = cfg.global_stage if cfg.global_stage is not None else last
             if not 1 <= g <= last:
-                raise ValueError(f"global_stage={g} is not a stage of {cfg.backbone!r} (1..{last})")
+                raise UserError(f"global_stage={g} is not a stage of {cfg.backbone!r} (1..{last})")
             first = g - cfg.num_scales + 1
             if first < 1:
-                raise ValueError(f"num_scales={cfg.num_scales} needs {cfg.num_scales} stages ending at stage {g}, "
+                raise UserError(f"num_scales={cfg.num_scales} needs {cfg.num_scales} stages ending at stage {g}, "
                                  f"but {cfg.backbone!r} has only stages 1..{g} there")
             self.scale_stages = list(range(first, g + 1))
             keep.update(self.scale_stages)
@@ -112,12 +113,12 @@ class FERNet(nn.Module):
             self.scale_stages = []
         if cfg.context_branch:
             if split + 1 > last:
-                raise ValueError(f"context_branch reads stage split_stage+1={split + 1}, beyond {cfg.backbone!r}'s last stage {last}")
+                raise UserError(f"context_branch reads stage split_stage+1={split + 1}, beyond {cfg.backbone!r}'s last stage {last}")
             keep.add(split + 1)
         self.unet_stage = None
         if cfg.unet_fusion:
             if cfg.num_patches == 0:
-                raise ValueError("unet_fusion merges deeper features into the patch map: it needs num_patches > 0")
+                raise UserError("unet_fusion merges deeper features into the patch map: it needs num_patches > 0")
             self.unet_stage = max(keep | {split + 1})
             keep.add(self.unet_stage)
         self.backbone = Backbone(cfg.backbone, sorted(keep), cfg.in_chans)
@@ -233,7 +234,7 @@ class FERNet(nn.Module):
         try:
             rows, cols = patch_bounds(h, g, mode), patch_bounds(w, g, mode)
         except ValueError as exc:
-            raise ValueError(f"num_patches={self.cfg.num_patches} on the stage-{self.cfg.split_stage} map of "
+            raise UserError(f"num_patches={self.cfg.num_patches} on the stage-{self.cfg.split_stage} map of "
                              f"{h}x{w}: {exc}") from None
         return [x[..., r0:r1, c0:c1] for r0, r1 in rows for c0, c1 in cols]
 
@@ -313,7 +314,7 @@ class FERNet(nn.Module):
             cmap = self.context_eca(feats[cfg.split_stage + 1])
             h, w = cmap.shape[-2:]
             if h < 2 or w < 2:
-                raise ValueError(f"context_branch needs a stage-{cfg.split_stage + 1} map of at least 2x2, got {h}x{w}")
+                raise UserError(f"context_branch needs a stage-{cfg.split_stage + 1} map of at least 2x2, got {h}x{w}")
             regions = [cmap[..., r0:r1, c0:c1] for r0, r1 in patch_bounds(h, 2, "even") for c0, c1 in patch_bounds(w, 2, "even")]
             for j, reg in enumerate(regions):
                 logits[f"context_{j}"] = self.context_mlps[0 if cfg.context_shared else j](_gap(reg))
@@ -338,17 +339,19 @@ def load_pretrained(model: FERNet, path: Union[str, Path]) -> Dict[str, List[str
     """Load a local state dict into the model (keys of the whole model) or its backbone (keys of
     the timm model, e.g. a ResNet-18 checkpoint). Never downloads. Returns what did not match."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserPathError(f"pretrained_path {str(p)!r} is a folder, not a state-dict file")
     if not p.is_file():
-        raise FileNotFoundError(f"pretrained_path {str(p)!r}: no such file")
+        raise UserPathError(f"pretrained_path {str(p)!r}: no such file")
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling/format error is the file's fault
-        raise ValueError(f"pretrained_path {str(p)!r}: not a loadable state dict ({exc})") from None
+        raise UserError(f"pretrained_path {str(p)!r}: not a loadable state dict ({exc})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"pretrained_path {str(p)!r}: expected a dict of tensors (a state dict)")
+        raise UserError(f"pretrained_path {str(p)!r}: expected a dict of tensors (a state dict)")
     sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
     full = model.state_dict()
     if sum(k in full for k in sd) >= sum(f"backbone.body.{k}" in full for k in sd):
@@ -365,10 +368,10 @@ def load_pretrained(model: FERNet, path: Union[str, Path]) -> Dict[str, List[str
         else:
             matched[tk] = v
     if mismatched:
-        raise ValueError(f"pretrained_path {str(p)!r}: {len(mismatched)} tensors have the wrong shape for "
+        raise UserError(f"pretrained_path {str(p)!r}: {len(mismatched)} tensors have the wrong shape for "
                          f"{model.cfg.backbone!r}, e.g. {'; '.join(mismatched[:3])}")
     if not matched:
-        raise ValueError(f"pretrained_path {str(p)!r}: none of its {len(sd)} keys match the model "
+        raise UserError(f"pretrained_path {str(p)!r}: none of its {len(sd)} keys match the model "
                          f"(first: {list(sd)[:3]}); is it a {model.cfg.backbone!r} checkpoint?")
     model.load_state_dict(matched, strict=False)
     scope = [k for k in full if k.startswith(prefix)]
@@ -397,5 +400,5 @@ def check_image_size(model: FERNet, image_size: int) -> None:
         try:
             patch_bounds(size, cfg.grid, cfg.patch_split)
         except ValueError as exc:
-            raise ValueError(f"num_patches={cfg.num_patches} at image_size={image_size}: the stage-{cfg.split_stage} "
+            raise UserError(f"num_patches={cfg.num_patches} at image_size={image_size}: the stage-{cfg.split_stage} "
                              f"map is {size}x{size}; {exc}") from None

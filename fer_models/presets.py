@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from .config import ModelConfig
+from .errors import UserError
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # backbone + linear head: ResNet-18, GAP, one classifier
@@ -58,5 +59,5 @@ PRESET_LOSS_WEIGHTING = {"baseline": "fixed", "ma_net": "fixed", "scan_cci": "fi
 
 def preset_config(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
     return ModelConfig.model_validate({**PRESETS[name], **overrides})

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fer_models import ModelConfig
+from fer_models.errors import UserError
 
 SECTIONS = ("model", "train", "data")
 
@@ -47,7 +48,7 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
         if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be less than epochs={self.epochs}")
+            raise UserError(f"warmup_epochs={self.warmup_epochs} must be less than epochs={self.epochs}")
         return self
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Optional, Tuple
 
+from fer_models.errors import UserError
+
 from .config import TrialConfig
 
 
@@ -60,4 +62,4 @@ def smallest_image_size(cfg: TrialConfig, at_least: int = 32, step: int = 8) -> 
         if fit_errors(cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": size})})) is None:
             return size
         size += step
-    raise ValueError(f"no input size up to 1024 fits {cfg.model}")
+    raise UserError(f"no input size up to 1024 fits {cfg.model}")

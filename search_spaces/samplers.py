@@ -13,6 +13,8 @@ import math
 import random
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
+from fer_models.errors import UserError
+
 from .schema import ChoiceDim, FloatDim, IntDim, SpaceError, same_value
 from .space import SearchSpace, log_uniform
 
@@ -48,7 +50,7 @@ def sample(space: SearchSpace, n: int, seed: int = 0) -> List[Dict[str, Any]]:
     """`n` points, the same for the same seed. Every point validates (the shipped spaces are
     designed so; tests check it)."""
     if n < 0:
-        raise ValueError(f"number of points must be >= 0, got {n}")
+        raise UserError(f"number of points must be >= 0, got {n}")
     rng = random.Random(seed)
     return [sample_point(space, rng) for _ in range(n)]
 

@@ -18,7 +18,7 @@
     search: {...}               # optional: `search_spaces.spec.SearchSpec`
 
 Errors name the file and the YAML path: `unified.yaml: dimensions.num_patches.values: empty choice`.
-YAML is read with a safe loader only.
+YAML is read with a safe loader only, and a key given twice is an error (`search_spaces.yamlio`).
 """
 from __future__ import annotations
 
@@ -27,14 +27,14 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence, Tuple, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from typing_extensions import Annotated
 
-from fer_models.errors import UserError
+from fer_models.errors import UserError, UserPathError
 
 from .config import SECTION_CLASSES, SECTIONS
 from .spec import SearchSpec
+from .yamlio import load_yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SHIPPED = ("unified", "quickstart")
@@ -88,10 +88,10 @@ class _Dim(BaseModel):
     def _condition_values(cls, v: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
         for parent, allowed in v.items():
             if not allowed:
-                raise ValueError(f"condition on {parent!r}: empty list of allowed values")
+                raise UserError(f"condition on {parent!r}: empty list of allowed values")
             for x in allowed:
                 if not is_scalar(x):
-                    raise ValueError(f"condition on {parent!r}: {x!r} is not a scalar value")
+                    raise UserError(f"condition on {parent!r}: {x!r} is not a scalar value")
         return v
 
     # overridden
@@ -114,18 +114,18 @@ class ChoiceDim(_Dim):
     @classmethod
     def _values(cls, v: List[Any]) -> List[Any]:
         if not v:
-            raise ValueError("empty choice: give at least one value")
+            raise UserError("empty choice: give at least one value")
         for i, x in enumerate(v):
             if not is_scalar(x):
-                raise ValueError(f"values[{i}]: {x!r} is not a scalar (string, number, bool or null)")
+                raise UserError(f"values[{i}]: {x!r} is not a scalar (string, number, bool or null)")
             if index_of(x, v[:i]) >= 0:
-                raise ValueError(f"values[{i}]: {x!r} is listed twice")
+                raise UserError(f"values[{i}]: {x!r} is listed twice")
         return v
 
     def check(self, value: Any) -> Any:
         i = index_of(value, self.values)
         if i < 0:
-            raise ValueError(f"{value!r} is not one of {self.values}")
+            raise UserError(f"{value!r} is not one of {self.values}")
         return self.values[i]
 
     def support(self) -> List[Any]:
@@ -147,27 +147,27 @@ class IntDim(_Dim):
     @classmethod
     def _strict_int(cls, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"expected an integer, got {v!r}")
+            raise UserError(f"expected an integer, got {v!r}")
         return v
 
     @model_validator(mode="after")
     def _range(self) -> "IntDim":
         if self.low > self.high:
-            raise ValueError(f"low={self.low} > high={self.high}")
+            raise UserError(f"low={self.low} > high={self.high}")
         if self.log and self.low <= 0:
-            raise ValueError(f"log range needs low > 0, got low={self.low}")
+            raise UserError(f"log range needs low > 0, got low={self.low}")
         if self.log and self.step != 1:
-            raise ValueError("log: true needs step 1")
+            raise UserError("log: true needs step 1")
         return self
 
     def check(self, value: Any) -> Any:
         if not _is_number(value) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"{value!r} is not an integer (expected an int in [{self.low}, {self.high}])")
+            raise UserError(f"{value!r} is not an integer (expected an int in [{self.low}, {self.high}])")
         value = int(value)
         if not self.low <= value <= self.high:
-            raise ValueError(f"{value} is outside [{self.low}, {self.high}]")
+            raise UserError(f"{value} is outside [{self.low}, {self.high}]")
         if (value - self.low) % self.step:
-            raise ValueError(f"{value} is not on the grid {self.low}, {self.low + self.step}, ... (step {self.step})")
+            raise UserError(f"{value} is not on the grid {self.low}, {self.low + self.step}, ... (step {self.step})")
         return value
 
     def support(self) -> List[Any]:
@@ -189,32 +189,32 @@ class FloatDim(_Dim):
     @classmethod
     def _number(cls, v: Any) -> Any:
         if v is not None and not _is_number(v):
-            raise ValueError(f"expected a number, got {v!r}")
+            raise UserError(f"expected a number, got {v!r}")
         return v
 
     @model_validator(mode="after")
     def _range(self) -> "FloatDim":
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ValueError("low and high must be finite")
+            raise UserError("low and high must be finite")
         if self.low > self.high:
-            raise ValueError(f"low={self.low} > high={self.high}")
+            raise UserError(f"low={self.low} > high={self.high}")
         if self.log and self.low <= 0:
-            raise ValueError(f"log range needs low > 0, got low={self.low}")
+            raise UserError(f"log range needs low > 0, got low={self.low}")
         if self.log and self.step is not None:
-            raise ValueError("log: true and step cannot be combined")
+            raise UserError("log: true and step cannot be combined")
         return self
 
     def check(self, value: Any) -> Any:
         if not _is_number(value):
-            raise ValueError(f"{value!r} is not a number (expected a float in [{self.low}, {self.high}])")
+            raise UserError(f"{value!r} is not a number (expected a float in [{self.low}, {self.high}])")
         value = float(value)
         tol = 1e-9 * max(1.0, abs(self.low), abs(self.high))
         if not self.low - tol <= value <= self.high + tol:
-            raise ValueError(f"{value} is outside [{self.low}, {self.high}]")
+            raise UserError(f"{value} is outside [{self.low}, {self.high}]")
         if self.step is not None:
             k = (value - self.low) / self.step
             if abs(k - round(k)) > 1e-6:
-                raise ValueError(f"{value} is not on the grid {self.low}, {self.low + self.step}, ... (step {self.step})")
+                raise UserError(f"{value} is not on the grid {self.low}, {self.low + self.step}, ... (step {self.step})")
         return min(max(value, self.low), self.high)
 
     def describe(self) -> str:
@@ -252,20 +252,6 @@ class SpaceFile(BaseModel):
 
 # ---------------------------------------------------------------------------------------------
 # loading
-class _Loader(yaml.SafeLoader):
-    """Safe YAML, plus the floats YAML 1.1 leaves as strings (1e-4, 5e3)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                   |\.[0-9_]+(?:[eE][-+][0-9]+)?
-                   |[-+]?\.(?:inf|Inf|INF)
-                   |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
 def fmt_path(loc: Iterable[Any]) -> str:
     out = ""
     for part in loc:
@@ -310,23 +296,15 @@ def resolve_space_path(name: Union[str, Path]) -> Path:
     shipped = PACKAGE_DIR / f"{Path(stem).name}.yaml"
     if ("/" not in str(name)) and shipped.is_file():
         return shipped
-    from fer_models.errors import UserPathError
-
+    if p.is_dir():
+        raise UserPathError(f"space file {str(name)!r} is a folder, not a file (a space YAML file, or a shipped "
+                            f"space: {', '.join(SHIPPED)})")
     raise UserPathError(f"space file {str(name)!r}: no such file (shipped spaces: {', '.join(SHIPPED)})")
 
 
 def read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SpaceError(f"{path}: not a YAML file (not UTF-8 text)") from None
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpaceError(f"{path}: not a YAML file{where}: {problem}") from None
+    """A space file's content (`yamlio.load_yaml`: duplicate keys refused, errors with line and column)."""
+    return load_yaml(path, what="space file", error=SpaceError)
 
 
 def load_space(source: Union[str, Path, Dict[str, Any]], name: Optional[str] = None) -> "SearchSpace":

@@ -52,3 +52,42 @@ def test_models_describe_bad_input(tmp_path, capsys):
     assert "unknown attention type 'transformer'" in capsys.readouterr().err
     assert main(["models", "describe", "scan_cci", "--image-size", "32"]) == 2
     assert "num_patches=25 at image_size=32" in capsys.readouterr().err
+
+
+def test_a_bad_model_config_is_one_line_per_field(tmp_path, capsys):
+    """Issue 10: not pydantic's "N validation errors for ModelConfig ... For further information
+    visit ..." block, but file, field, value and what is allowed, one line each."""
+    f = tmp_path / "m.yaml"
+    f.write_text("model:\n  attention: transformer\n  num_patches: 5\n  dropout: 1.5\n  num_patch: 4\n")
+    assert main(["models", "describe", str(f)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"fer-automl: error: {f}: model.attention: 'transformer': unknown attention type 'transformer'; "
+        "valid: cbam, eca, gc, non_local, none, se, spatial, spatio_channel",
+        f"fer-automl: error: {f}: model.num_patches: 5: num_patches=5 is not a square grid (valid: 0, 4, 9, 16, 25, ...)",
+        f"fer-automl: error: {f}: model.dropout: 1.5: Input should be less than 1",
+        f"fer-automl: error: {f}: model.num_patch: unknown key (value 4); did you mean 'num_patches'?",
+    ]
+    f.write_text("pose_head: true\nhead: concat_l2\nnum_patches: 4\nlocal_aggregation: max\n")
+    assert main(["models", "describe", str(f)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"fer-automl: error: {f}: pose_head is true but num_pose_classes is not set (need >= 2 pose classes)"]
+
+
+def test_a_json_config_with_a_syntax_error_names_line_and_column(tmp_path, capsys):
+    f = tmp_path / "m.json"
+    f.write_text('{\n  "backbone": "resnet18",\n  "num_patches": 4\n  "attention": "se"\n}\n')
+    assert main(["models", "describe", str(f)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"fer-automl: error: {f}: not a JSON file (line 4, column 3): Expecting ',' delimiter"]
+    f.write_text('{"backbone": "resnet18", "num_patches": 4, "local_aggregation": "max"}')
+    assert main(["models", "describe", str(f), "--image-size", "64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["branches"] == ["global", "local"]
+
+
+@pytest.mark.parametrize("flag,value,bounds", [("--image-size", "100000", "16..1024"), ("--image-size", "15", "16..1024"),
+                                               ("--num-classes", "1", "2..1000"), ("--num-classes", "10000000", "2..1000")])
+def test_describe_flags_are_bounded(flag, value, bounds, capsys):
+    """--image-size 100000 used to allocate a 120 GB input before saying anything."""
+    assert main(["models", "describe", "ma_net", flag, value]) == 2
+    assert capsys.readouterr().err == f"fer-automl: error: {flag} must be in {bounds}, got {value}\n"

@@ -5,9 +5,10 @@ import copy
 
 import pytest
 import timm
+from pydantic import ValidationError
 import torch
 
-from fer_models import PRESETS, ModelConfig, build_model, preset_config
+from fer_models import PRESETS, ModelConfig, UserError, UserPathError, build_model, preset_config
 from fer_models.cost import count_macs, count_params
 from fer_models.losses import build_loss
 from fer_models.model import patch_bounds
@@ -278,3 +279,43 @@ def test_config_round_trips_through_dict():
     cfg = preset_config("scan_cci")
     again = ModelConfig.model_validate(copy.deepcopy(cfg.model_dump()))
     assert again == cfg
+
+
+@pytest.mark.parametrize("field,value", [("num_classes", 10**9), ("num_pose_classes", 10**6), ("context_hidden", 10**7),
+                                         ("in_chans", 10**5)])
+def test_sizes_are_bounded_before_anything_is_allocated(field, value):
+    """A typo in a model config must be an error naming the field, not terabytes of weights."""
+    with pytest.raises(ValidationError, match=f"{field}\n  Input should be less than or equal to"):
+        ModelConfig.model_validate({field: value, "pose_head": field == "num_pose_classes"})
+
+
+def test_build_errors_are_user_errors(tmp_path):
+    """What build_model refuses in a config is the user's fault (exit 2 in the CLI), the file named."""
+    with pytest.raises(UserPathError, match="pretrained_path .*nope.pt.*: no such file"):
+        build_model({"pretrained_path": str(tmp_path / "nope.pt")})
+    with pytest.raises(UserError, match="backbone 'resnet_nope'"):
+        build_model({"backbone": "resnet_nope"})
+    with pytest.raises(UserError, match="split_stage=7"):
+        build_model({"num_patches": 4, "split_stage": 7})
+    with pytest.raises(UserError, match="unknown preset 'manet'"):
+        preset_config("manet")
+
+
+def test_a_backbone_with_nested_stage_modules_is_truncated():
+    """ConvNeXt's stages are `stages.0..3` (flattened to `stages_0` by timm's feature wrapper):
+    building it used to raise a bare ValueError ('stages.0' is not in list)."""
+    cfg = ModelConfig(backbone="convnext_atto", split_stage=1, num_patches=4, local_aggregation="max",
+                      context_branch=True, context_hidden=16, attention="se")
+    model = build_model(cfg, image_size=64)
+    _fwd_bwd(model, 64)
+    assert not [n for n, p in model.named_parameters() if p.grad is None]
+    assert model.backbone.keep == [1, 2, 3] and list(model.backbone.body.return_layers) == ["stages_1", "stages_2", "stages_3"]
+    cut = build_model(ModelConfig(backbone="convnext_atto", num_scales=2, global_stage=2))
+    assert list(cut.backbone.body.keys())[-1] == "stages_2"  # stage 3 is not built
+    assert count_params(cut.backbone) < count_params(timm.create_model("convnext_atto", features_only=True))
+    _fwd_bwd(cut, 64)
+
+
+def test_a_fixed_input_size_backbone_is_refused():
+    with pytest.raises(UserError, match=r"backbone 'vit_tiny_patch16_224' takes only a fixed 224x224 input"):
+        build_model(ModelConfig(backbone="vit_tiny_patch16_224"))

@@ -57,7 +57,7 @@ def test_check_reports_a_preset_that_does_not_fit(tmp_path, capsys):
     p.write_text("dimensions:\n  num_patches: {type: choice, values: [0, 25]}\n"
                  "  image_size: {type: choice, values: [32, 224]}\n"
                  "presets:\n  ok: {num_patches: 0, image_size: 32}\n  tiny: {num_patches: 25, image_size: 32}\n")
-    assert main(["space", "check", str(p)]) == 1
+    assert main(["space", "check", str(p)]) == 2  # a fault of the file: a user error like any other
     err = capsys.readouterr().err
     assert f"{p}: presets.tiny: num_patches=25 at image_size=32" in err and "1 of 2 presets invalid" in err
 

@@ -5,6 +5,12 @@ import argparse
 import json
 
 
+# bounds of the describe flags: the sizes a trial trains at (data.image_size) and the classes a
+# model config allows; beyond them a typo would allocate gigabytes before saying anything
+IMAGE_SIZE_RANGE = (16, 1024)
+NUM_CLASSES_RANGE = (2, 1000)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="the model presets: list, describe (params, MACs, branches)")
     msub = p.add_subparsers(dest="models_cmd", metavar="CMD", required=True)
@@ -12,10 +18,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=_list)
     d = msub.add_parser("describe", help="build a preset (or a model-config YAML/JSON file) and describe it")
     d.add_argument("name", help="a preset name (see `models list`) or a file holding a model config")
-    d.add_argument("--image-size", type=int, default=224)
-    d.add_argument("--num-classes", type=int, default=7)
+    d.add_argument("--image-size", type=int, default=224,
+                   help=f"input side in pixels, {IMAGE_SIZE_RANGE[0]}..{IMAGE_SIZE_RANGE[1]} (default 224)")
+    d.add_argument("--num-classes", type=int, default=7,
+                   help=f"expression classes, {NUM_CLASSES_RANGE[0]}..{NUM_CLASSES_RANGE[1]} (default 7; "
+                        "a config file's own num_classes wins)")
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=_describe)
+
+
+def _check_range(flag: str, value: int, bounds: tuple) -> None:
+    from fer_models.errors import UserError
+
+    lo, hi = bounds
+    if not lo <= value <= hi:
+        raise UserError(f"{flag} must be in {lo}..{hi}, got {value}")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -31,28 +48,44 @@ def _list(args: argparse.Namespace) -> int:
 def _load_config(name: str, num_classes: int):
     from pathlib import Path
 
-    import yaml
+    from pydantic import ValidationError
+
     from fer_models import PRESETS, ModelConfig, preset_config
+    from fer_models.errors import UserError, UserPathError, user_error_from_validation
+    from search_spaces.yamlio import load_yaml
 
     if name in PRESETS:
         return preset_config(name, num_classes=num_classes)
     path = Path(name)
-    if not path.is_file():
-        raise ValueError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a model-config file")
-    data = yaml.safe_load(path.read_text())
+    if not name or not path.exists():
+        raise UserPathError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a model-config file")
+    data = load_yaml(path, what="model-config file")
+    nested = isinstance(data, dict) and "model" in data
+    if nested:  # a trial config (model/train/data sections): its model section
+        extra = sorted(str(k) for k in data if k not in ("model", "train", "data"))
+        if extra:
+            raise UserError(f"{path}: unknown top-level key(s) {', '.join(map(repr, extra))} beside 'model' "
+                            "(a model config is either the model's keys, or a 'model:' section)")
+        data = data["model"]
+    where = f"{path}: model" if nested else str(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of model-config keys, got {type(data).__name__}")
-    data = data.get("model", data)
-    data.setdefault("num_classes", num_classes)
-    return ModelConfig.model_validate(data)
+        got = "an empty file" if data is None else f"{type(data).__name__} {data!r:.60}"
+        raise UserError(f"{where}: expected a mapping of model-config keys (backbone, attention, num_patches, "
+                        f"...), got {got}")
+    data = {"num_classes": num_classes, **data}
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise user_error_from_validation(exc, source=str(path), prefix="model." if nested else "",
+                                         known=ModelConfig.model_fields) from None
 
 
 def _describe(args: argparse.Namespace) -> int:
     from fer_models import build_model
     from fer_models.cost import count_macs, count_params
 
-    if args.image_size < 8:
-        raise ValueError(f"--image-size must be >= 8, got {args.image_size}")
+    _check_range("--image-size", args.image_size, IMAGE_SIZE_RANGE)
+    _check_range("--num-classes", args.num_classes, NUM_CLASSES_RANGE)
     cfg = _load_config(args.name, args.num_classes)
     model = build_model(cfg, image_size=args.image_size)
     info = {

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+
+MAX_SAMPLES = 100_000  # points printed by `space sample`
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,11 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_show)
     smp = ssub.add_parser("sample", help="N valid points, the same for the same seed")
     smp.add_argument("file", help="space YAML file, or a shipped space: unified, quickstart")
-    smp.add_argument("-n", type=int, default=5, help="number of points (default 5)")
-    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("-n", type=int, default=5, help=f"number of points, 1..{MAX_SAMPLES} (default 5)")
+    smp.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
     smp.add_argument("--json", action="store_true", help="print a JSON list of {dimension: value}")
     smp.set_defaults(func=_sample)
-    chk = ssub.add_parser("check", help="validate the file and every preset; exit 0 or non-zero with the errors")
+    chk = ssub.add_parser("check", help="validate the file and every preset; exit 0, or 2 with the errors")
     chk.add_argument("file", help="space YAML file, or a shipped space: unified, quickstart")
     chk.set_defaults(func=_check)
 
@@ -67,8 +69,13 @@ def _show(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from search_spaces import load_space, sample
 
-    if args.n < 1:
-        raise ValueError(f"-n must be >= 1, got {args.n}")
+    from fer_models.errors import UserError
+
+    if not 1 <= args.n <= MAX_SAMPLES:
+        raise UserError(f"-n must be in 1..{MAX_SAMPLES}, got {args.n}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed} (a negative seed would repeat the points of "
+                        f"its absolute value)")
     space = load_space(args.file)
     points = sample(space, args.n, seed=args.seed)
     for i, p in enumerate(points):  # never hand out a point that does not validate
@@ -91,11 +98,8 @@ def _check(args: argparse.Namespace) -> int:
             space.validate(point, where=f"presets.{name}")
         except SpaceError as exc:
             errors.append(str(exc))
-    if errors:
-        for e in errors:
-            print(e, file=sys.stderr)
-        print(f"{space.where}: {len(errors)} of {len(space.presets)} presets invalid", file=sys.stderr)
-        return 1
+    if errors:  # a fault of the file like any other: exit 2, every error one line
+        raise SpaceError("\n".join(errors + [f"{space.where}: {len(errors)} of {len(space.presets)} presets invalid"]))
     print(f"{space.where}: OK ({len(space.dimensions)} dimensions, {len(space.presets)} presets valid"
           + (", search section valid" if space.search is not None else "") + ")")
     return 0
