@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # What the trial reports every epoch (shared/DESIGN.md): the metric a search may optimise.
-REPORTED_METRICS = ("val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "train_loss",
-                    "pose_accuracy", "images_per_second")
+REPORTED_METRICS = ("val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "val_objective",
+                    "train_loss", "pose_accuracy", "images_per_second")
 
 # The metric each `second_objective` is reported under (every epoch, beside the metrics above).
 SECOND_OBJECTIVE_METRICS = {"params": "params", "macs": "macs", "latency": "latency_ms"}
@@ -95,6 +95,8 @@ class SearchSpec(_Strict):
     address: Optional[str] = Field(None, description="Ray: none = a local Ray; 'auto' or ray://host:port = that cluster")
     tracking_uri: Optional[str] = None
     max_failures: int = Field(1, ge=0, description="retries of a failed trial from its checkpoint")
+    keep_checkpoints: int = Field(1, ge=1, description="checkpoints kept per trial in the storage, latest first "
+                                                       "(each holds the latest state and the best weights)")
     seed: Optional[int] = Field(None, ge=0, description="seed of the search algorithm")
 
     @field_validator("scheduler", mode="before")
