@@ -85,7 +85,7 @@ class SearchSpec(_Strict):
     time_budget_s: Optional[float] = Field(None, gt=0)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     metric: str = "val_balanced_accuracy"
-    mode: Optional[Literal["max", "min"]] = Field(None, description="default: min for losses, max otherwise")
+    mode: Optional[Literal["max", "min"]] = Field(None, description="default: min for losses (and val_objective), max otherwise")
     second_objective: Optional[Literal["params", "macs", "latency"]] = Field(
         None, description="minimised beside the metric: a multi-objective search with a Pareto front")
     grid: Dict[str, List[Any]] = Field(
@@ -114,7 +114,7 @@ class SearchSpec(_Strict):
     @model_validator(mode="after")
     def _default_mode(self) -> "SearchSpec":
         if self.mode is None:
-            self.mode = "min" if self.metric.endswith("loss") else "max"
+            self.mode = "min" if self.metric.endswith(("loss", "objective")) else "max"
         if self.grid and self.algorithm != "grid":
             raise ValueError(f"grid: values per dimension apply to algorithm: grid only (algorithm is {self.algorithm!r})")
         return self

@@ -239,3 +239,14 @@ def test_a_seeded_model_does_not_depend_on_what_was_built_before():
     torch.manual_seed(0)
     again = build_model(cfg, image_size=32).state_dict()
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_val_objective_is_minimised_like_a_loss():
+    """val_objective (the weighted training objective) is lower-is-better wherever a metric's
+    direction is decided: a search's default mode and promote's ranking."""
+    from runners.registry import higher_is_better
+    from search_spaces import SearchSpec
+
+    assert SearchSpec(metric="val_objective").mode == "min"
+    assert not higher_is_better("val_objective") and not higher_is_better("val_loss")
+    assert higher_is_better("val_balanced_accuracy")
