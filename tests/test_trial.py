@@ -156,7 +156,7 @@ def _scan_like_cfg():
 
 
 def _uncertainty_cfg():
-    cfg = _cfg(epochs=1)
+    cfg = _cfg(epochs=1, num_patches=0)  # two learned weights: the global branch and the pose head
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={
         "loss_weighting": "uncertainty", "label_smoothing": 0.1, "class_balance": "reweight"})})
 
