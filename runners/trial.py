@@ -409,9 +409,11 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
             report(metrics, ckpt)
             mark("reported")
         last = metrics
-        # keep only this epoch's checkpoint on local disk (the reporter has copied it)
+        # keep only this epoch's checkpoint on local disk (a reporter has copied it; without one,
+        # e.g. `fer-automl train`, the latest holds all there is to keep: a 100-epoch ResNet-18
+        # trial would otherwise leave ~18 GB of older states in --out)
         for old in out_dir.glob("checkpoint_*"):
-            if old != ckpt and report is not None:
+            if old != ckpt:
                 shutil.rmtree(old, ignore_errors=True)
     return last
 

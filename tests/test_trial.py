@@ -250,3 +250,11 @@ def test_val_objective_is_minimised_like_a_loss():
     assert SearchSpec(metric="val_objective").mode == "min"
     assert not higher_is_better("val_objective") and not higher_is_better("val_loss")
     assert higher_is_better("val_balanced_accuracy")
+
+
+def test_a_trial_without_a_reporter_keeps_only_its_latest_checkpoint(synth, tmp_path):
+    """`fer-automl train` (no reporter): the out folder holds the final checkpoint and the best
+    weights, not one model-plus-optimizer state per epoch."""
+    run_trial(_cfg(epochs=2, num_patches=0, pose_head=False), synth, out_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [BEST_FILE, "checkpoint_0002"]
+    assert (tmp_path / "checkpoint_0002" / "artifacts" / "model.pt").is_file()
