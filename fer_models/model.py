@@ -77,7 +77,10 @@ def _head(cin: int, cout: int, dropout: float) -> nn.Module:
 @functools.lru_cache(maxsize=None)
 def stage_layout(backbone: str, in_chans: int = 3) -> Tuple[List[int], List[int]]:
     """(channels, reductions) of every feature stage of a timm backbone (built once, then cached)."""
-    probe = Backbone(backbone, [0], in_chans)
+    # the probe's random init must not move the caller's RNG: a seeded model is then the same
+    # whether or not this backbone was built before in the process
+    with torch.random.fork_rng(devices=[]):
+        probe = Backbone(backbone, [0], in_chans)
     return probe.all_channels, probe.all_reductions
 
 

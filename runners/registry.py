@@ -90,7 +90,7 @@ def metric_split(metric: str) -> str:
 
 
 def higher_is_better(metric: str) -> bool:
-    return "loss" not in metric
+    return "loss" not in metric and not metric.endswith("objective")  # val_objective: the training objective
 
 
 def _history(client, run_id: str, metric: str) -> List[Any]:

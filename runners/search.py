@@ -26,13 +26,14 @@ from fer_models.errors import UserError, UserPathError
 from .pareto import is_number, pareto_front
 from .tracking import (TAG_FAILURE, TAG_KIND, TAG_PARETO, TAG_SEARCH, TAG_STATUS, check_store_writable,
                        check_tracking_server, complete_trial_runs, find_child_runs, get_or_create_experiment, guarded,
-                       make_tracker, resolve_tracking_uri, tracking_paused, unpause_tracking)
-from .trial import DataSpec, mark
+                       make_tracker, resolve_tracking_uri, tracking_paused, trial_status, unpause_tracking)
+from .trial import DataSpec, check_classes, mark
 
 # the metrics are the trial's last report (what the scheduler and the searcher saw); the trial keeps
 # (and `fer-automl promote` logs) the weights of its best validation epoch: best_epoch, and
 # best_val_balanced_accuracy, tell where those are
-LEADERBOARD_COLUMNS = ["val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "test_accuracy",
+LEADERBOARD_COLUMNS = ["val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "val_objective",
+                       "test_accuracy",
                        "test_balanced_accuracy", "epoch", "best_val_balanced_accuracy", "best_epoch",
                        "images_per_second"]
 
@@ -113,10 +114,14 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
         tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
 
     second = static.get("second_objective")
+    from .scratch import remove_dead_scratch, trial_scratch
+
+    search_dir = static.get("search_dir") or ""
+    if search_dir:  # what killed trials of this search left on this node
+        remove_dead_scratch(search_dir)
     # the trial's own scratch folder: every checkpoint it reports is copied into the run's storage by
     # tune.report, so nothing in it is needed once the trial ends, however it ends
-    with tempfile.TemporaryDirectory(prefix="fer-trial-") as scratch:
-        out_dir = Path(scratch)
+    with trial_scratch(search_dir) as out_dir:
         ckpt = tune.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
@@ -304,8 +309,19 @@ def _scheduler(spec, max_epochs: int):
     raise ValueError(f"unknown scheduler {s.type!r}; valid: asha, hyperband, fifo")
 
 
+def trial_epochs(space, config: Dict[str, Any]) -> Optional[int]:
+    """The epochs a trial's own configuration trains for (its `train.epochs`), None when its
+    config is not a point of the space."""
+    from search_spaces import point_from_config
+
+    try:
+        return int(space.validate(point_from_config(config or {}, space)).train.epochs)
+    except Exception:  # noqa: BLE001 - a trial without a valid point has no epochs of its own
+        return None
+
+
 def _max_epochs(space) -> int:
-    """The largest number of epochs any point of the space trains for."""
+    """The largest number of epochs any point of the space trains for (ASHA's default max_t)."""
     for n, target in space.targets.items():
         if target == "train.epochs":
             return int(max(space.dimensions[n].support()))
@@ -441,6 +457,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         ray_cluster.check_address(spec.address)
     data_spec = data_spec_from(spec.dataset)
     ds = data_spec.load(spec.dataset.image_size or 64)  # fails here, before anything is written, on bad data
+    check_classes(ds)
     from .data.stats import check_splits  # splits preprocessed differently: a warning, printed and logged
     data_warnings = check_splits(ds, echo=print if verbose else None)
     mark("dataset_loaded")
@@ -489,19 +506,26 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     from search_spaces import point_from_config
 
     tracker = make_tracker(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, search_name=name,
-                           point_of=lambda cfg: point_from_config(cfg, space), max_epochs=max_epochs)
+                           point_of=lambda cfg: point_from_config(cfg, space),
+                           epochs_of=lambda cfg: trial_epochs(space, cfg))
     from search_spaces.schema import read_yaml
 
     static = {"space_file": str(Path(space.path).resolve()) if space.path else space_file,
               "space_where": space.where,
               "space": read_yaml(Path(space.path)) if getattr(space, "path", None) else None,
-              "data": data_spec.__dict__, "second_objective": spec.second_objective}
+              "data": data_spec.__dict__, "second_objective": spec.second_objective, "search_dir": exp_dir}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, static=static), resources)
     run_config = tune.RunConfig(
         name=name, storage_path=storage, callbacks=[tracker, interrupt_watch()], verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        # the latest checkpoint(s) of a trial (each holds the best weights too): older ones are deleted
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints))
     if resume:
+        from .scratch import remove_dead_scratch
+
+        removed = remove_dead_scratch(exp_dir)  # what trials killed with the driver left in this machine's temp dir
+        if removed and verbose:
+            print(f"resume: removed {len(removed)} scratch folder(s) of killed trials of {name!r}", flush=True)
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
     else:
         searcher, param_space = _searcher(space, spec, max_epochs, grid_param_space)
@@ -517,7 +541,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         print(f"fer-automl: search {name} interrupted; its state is saved: continue it with the same command "
               "and --resume", file=sys.stderr, flush=True)
         raise KeyboardInterrupt
-    res = _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_epochs)
+    res = _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir)
     if grid_note:
         res.notes.insert(0, grid_note)
     return res
@@ -628,14 +652,13 @@ def _write_csv(path: Path, header: List[str], rows: List[List[Any]]) -> None:
         w.writerows(rows)
 
 
-def _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_epochs) -> SearchResult:
+def _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir) -> SearchResult:
     # the plots and tables are written to a scratch folder, logged to the parent run, then removed
     with tempfile.TemporaryDirectory(prefix="fer-search-") as scratch:
-        return _summarise_in(Path(scratch), grid, spec, space, client, parent_id, exp_id, name, exp_dir, max_epochs)
+        return _summarise_in(Path(scratch), grid, spec, space, client, parent_id, exp_id, name, exp_dir)
 
 
-def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, name, exp_dir,
-                  max_epochs) -> SearchResult:
+def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, name, exp_dir) -> SearchResult:
     from search_spaces import point_from_config
 
     from .study_plots import rebuild_study, write_plots
@@ -656,8 +679,8 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
         if res.error is not None:
             row["status"] = "failed"
             failures[row["trial_id"]] = str(res.error).strip().splitlines()[-1][:300] if str(res.error).strip() else "error"
-        elif (res.metrics or {}).get("epoch", 0) < max_epochs:
-            row["status"] = "stopped_early"
+        else:
+            row["status"] = trial_status((res.metrics or {}).get("epoch"), trial_epochs(space, res.config))
         for c in LEADERBOARD_COLUMNS + ([second] if second else []):
             row[c] = (res.metrics or {}).get(c)
         row["point"] = point

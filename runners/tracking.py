@@ -28,7 +28,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TAG_SEARCH = "fer_automl.search"
 TAG_TRIAL_ID = "fer_automl.trial_id"
 TAG_KIND = "fer_automl.kind"  # search | trial | evaluation
-TAG_STATUS = "fer_automl.status"  # finished | stopped_early | failed
+TAG_STATUS = "fer_automl.status"  # finished (ran its own epochs) | stopped_early (by the scheduler) | failed
 TAG_FAILURE = "fer_automl.failure_reason"
 TAG_PARETO = "fer_automl.pareto"  # true | false on the child runs of a multi-objective search
 TAG_NODE_ID = "fer_automl.node_id"  # the Ray node that ran the trial (its latest attempt)
@@ -334,6 +334,15 @@ def complete_trial_runs(client, experiment_id: str, parent_run_id: str, search_n
     return completed
 
 
+def trial_status(last_epoch: Optional[float], epochs: Optional[int]) -> str:
+    """A trial that ended without an error: `finished` when it ran its own epochs (its
+    `train.epochs`), `stopped_early` when it reported fewer (the scheduler stopped it, or the
+    search's time budget ran out). A trial that failed is `failed`, whatever it reported."""
+    if epochs is None:  # no epochs of its own to compare with
+        return "finished" if last_epoch else "stopped_early"
+    return "finished" if (last_epoch or 0) >= epochs else "stopped_early"
+
+
 def _tune_callback_base():
     from ray.tune import Callback
 
@@ -346,14 +355,15 @@ def make_tracker(**kwargs):
 
     class MLflowTracker(base):  # type: ignore[misc, valid-type]
         def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, search_name: str,
-                     point_of: Callable[[Dict[str, Any]], Dict[str, Any]], max_epochs: int,
+                     point_of: Callable[[Dict[str, Any]], Dict[str, Any]],
+                     epochs_of: Callable[[Dict[str, Any]], Optional[int]],
                      metric_names: Optional[List[str]] = None, flush_every_s: float = 5.0):
             self.tracking_uri = tracking_uri
             self.experiment_id = experiment_id
             self.parent_run_id = parent_run_id
             self.search_name = search_name
             self.point_of = point_of
-            self.max_epochs = max_epochs
+            self.epochs_of = epochs_of  # a trial's own train.epochs, from its config
             self.metric_names = metric_names
             self.flush_every_s = flush_every_s
             self.runs: Dict[str, str] = {}  # trial id -> run id
@@ -437,11 +447,20 @@ def make_tracker(**kwargs):
         def _on_complete(self, trial) -> None:
             rid = self._run_for(trial)
             self.writer.flush(rid)
-            step = self.last_step.get(trial.trial_id, 0)
-            status = "finished" if step >= self.max_epochs else "stopped_early"
+            status = self._status(trial)
             self._artifacts(trial, rid)
             self.writer.tags(rid, {TAG_STATUS: status})
             self._client.set_terminated(rid, "FINISHED")
+
+        def _status(self, trial) -> str:
+            """`finished` when the trial ran its own epochs, `stopped_early` when the scheduler
+            stopped it first."""
+            epochs_of = self.__dict__.get("epochs_of")
+            if epochs_of is not None:
+                epochs = epochs_of(trial.config)
+            else:  # a tracker restored from a search started before trials were judged by their own epochs
+                epochs = self.__dict__.get("max_epochs")
+            return trial_status(self.last_step.get(trial.trial_id, 0), epochs)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             guarded(self.tracking_uri, self._on_error, trial)

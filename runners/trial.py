@@ -3,7 +3,17 @@
 The same `run_trial` runs under Ray Tune (`report` = tune.report with a checkpoint) and alone
 (`fer-automl train`, with a progress line per epoch). Every epoch reports the metrics named in
 DESIGN.md and leaves a checkpoint directory holding everything needed to resume (model,
-optimizer, scheduler, loss-weighting state, epoch, best-so-far weights, config).
+optimizer, scheduler, loss-weighting state, epoch, best-so-far weights, config, random state).
+
+Metrics: `val_loss` is the plain cross-entropy of the fused prediction (no label smoothing, no
+class weights: comparable across architectures and loss weightings); `val_objective` is the
+branch-weighted training objective on the validation set; `train_loss` is that objective on the
+training batches.
+
+Resume equals uninterrupted: the training loader's order and the augmentation draws of an epoch
+come from a seed derived from (train.seed, epoch) alone, and the global random states (torch,
+numpy, Python) travel in the checkpoint, so a trial resumed after epoch k trains epochs k+1...
+exactly as a run that was never stopped (on CPU; the data loader's workers included).
 """
 from __future__ import annotations
 
@@ -19,9 +29,11 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fer_models import build_model
+from fer_models.errors import UserError
 from fer_models.losses import build_loss
 
 from .data.splits import split_fingerprint
@@ -98,6 +110,67 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> Dict[str, Any]:
+    """The global random states a training epoch draws from (dropout, any numpy/Python draw)."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's loader order and augmentation draws: a function of (seed, epoch)
+    alone, so that a resumed trial draws exactly what an uninterrupted one does."""
+    return int(np.random.SeedSequence([int(seed) % 2**63, int(epoch)]).generate_state(1, dtype=np.uint64)[0] % 2**63)
+
+
+def _seed_worker_augmentation(worker_id: int) -> None:
+    """A loader worker's augmentation stream, from the seed torch gives the worker (the epoch's
+    loader generator + the worker id): distinct per worker, reproducible per epoch."""
+    info = torch.utils.data.get_worker_info()
+    tf = getattr(info.dataset, "transform", None)
+    if tf is not None and hasattr(tf, "set_random_seed"):
+        tf.set_random_seed(int(info.seed) % 2**32)
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    """`device` (the --device flag) as a torch device, refused when it names no device this
+    machine has; None: cuda when there is one, else cpu."""
+    if device is None or str(device).strip() == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r}: not a device; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device is available on this machine "
+                            "(torch.cuda.is_available() is False); use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise UserError(f"--device {device}: this machine has {n} CUDA device(s): cuda:0..cuda:{n - 1}")
+        return dev
+    raise UserError(f"--device {device!r}: device type {dev.type!r} is not supported; expected cpu, cuda or cuda:N")
+
+
+def check_classes(ds) -> None:
+    """Refuse a dataset whose training split holds fewer than 2 expression classes: every
+    prediction would be right (accuracy 1.0) and nothing would be learned."""
+    present = sorted(set(np.asarray(ds.labels)[ds.indices("train")].tolist()))
+    if len(present) < 2:
+        names = ", ".join(ds.classes[i] for i in present) or "none"
+        raise UserError(f"dataset {ds.name!r} ({ds.source}): the training set has {len(present)} class(es) "
+                        f"({names}); a classifier needs at least 2 classes")
+
+
 # --- optimisation -------------------------------------------------------------------------------
 
 def build_optimizer(model: nn.Module, loss_fn: nn.Module, train) -> torch.optim.Optimizer:
@@ -145,7 +218,7 @@ def evaluate(model, loss_fn, loader, device, classes: List[str], prefix: str, am
              channels_last: bool) -> Dict[str, Any]:
     model.eval()
     loss_fn.eval()
-    ys, ps, poses, pose_preds, losses = [], [], [], [], []
+    ys, ps, poses, pose_preds, objectives, ce = [], [], [], [], [], 0.0
     with torch.no_grad():
         for batch in loader:
             x, y, pose = _batches_to(device, batch)
@@ -153,7 +226,9 @@ def evaluate(model, loss_fn, loader, device, classes: List[str], prefix: str, am
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 out = model(x)
-            losses.append(float(loss_fn(out, y, pose).total) * len(y))
+            objectives.append(float(loss_fn(out, y, pose).total) * len(y))
+            # the fused prediction's plain cross-entropy: no smoothing, no class weights, no branch weights
+            ce += float(F.cross_entropy(out.logits.float(), y, reduction="sum"))
             ys.append(y.cpu())
             ps.append(out.logits.float().argmax(1).cpu())
             if out.pose_logits is not None:
@@ -162,7 +237,8 @@ def evaluate(model, loss_fn, loader, device, classes: List[str], prefix: str, am
     y = torch.cat(ys).numpy() if ys else np.zeros(0, np.int64)
     p = torch.cat(ps).numpy() if ps else np.zeros(0, np.int64)
     res: Dict[str, Any] = classification_metrics(y, p, classes, prefix=prefix)
-    res[f"{prefix}loss"] = float(sum(losses) / max(len(y), 1))
+    res[f"{prefix}loss"] = ce / max(len(y), 1)
+    res[f"{prefix}objective"] = float(sum(objectives) / max(len(y), 1))
     if poses:
         pt, pp = torch.cat(poses), torch.cat(pose_preds)
         known = pt >= 0
@@ -191,11 +267,10 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
     from .data.transforms import build_eval_transform, build_train_transform, normalization_for
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     train, mcfg = cfg.train, cfg.model
     image_size = int(cfg.data.image_size)
     seed_everything(int(train.seed))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     amp = dev.type == "cuda"
     channels_last = dev.type == "cuda"
     if dev.type == "cuda":
@@ -203,6 +278,8 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
 
     ds = data.load(image_size) if isinstance(data, DataSpec) else data
     mark("trial_data_loaded", torch_threads=torch.get_num_threads())  # Ray sets OMP_NUM_THREADS to the trial's cpu
+    check_classes(ds)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the input is known to be trainable
     classes = list(ds.classes)
     if mcfg.num_classes != len(classes):
         mcfg = mcfg.model_copy(update={"num_classes": len(classes)})
@@ -224,8 +301,18 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
     optimizer = build_optimizer(model, loss_fn, train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, train))
     bs = int(train.batch_size)
-    train_loader = make_loader(ds, "train", bs, train_tf, num_workers=num_workers,
-                               balance="resample" if balance == "resample" else "none", seed=int(train.seed))
+
+    def train_loader_for(epoch: int):
+        """The epoch's loader: its order (shuffle or resampling) and its augmentation draws are
+        seeded by (train.seed, epoch) alone."""
+        s = epoch_seed(int(train.seed), epoch)
+        train_tf.set_random_seed(s % 2**32)
+        loader = make_loader(ds, "train", bs, train_tf, num_workers=num_workers,
+                             balance="resample" if balance == "resample" else "none", seed=s)
+        if num_workers > 0:
+            loader.worker_init_fn = _seed_worker_augmentation
+        return loader
+
     val_loader = make_loader(ds, "val", bs, eval_tf, num_workers=num_workers, shuffle=False)
 
     start_epoch, best = 0, {"val_balanced_accuracy": -1.0, "epoch": -1}
@@ -249,8 +336,11 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"] + 1, state["best"]
-        torch.set_rng_state(state["rng"])
-        _link_or_copy(Path(resume_from) / BEST_FILE, out_dir / BEST_FILE)
+        if "rng_state" in state:
+            set_rng_state(state["rng_state"])
+        else:  # a checkpoint written before the random state travelled whole
+            torch.set_rng_state(state["rng"])
+        _link_or_copy(best_weights_in(Path(resume_from)), out_dir / BEST_FILE)
 
     epochs = int(train.epochs)
     clip = float(train.grad_clip or 0)
@@ -260,7 +350,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         model.train()
         loss_fn.train()
         t0, seen, total = time.perf_counter(), 0, 0.0
-        for step, batch in enumerate(train_loader):
+        for step, batch in enumerate(train_loader_for(epoch)):
             x, y, pose = _batches_to(dev, batch)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -299,13 +389,15 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
                     "weighting_state": {k: v for k, v in loss_fn.weighting.__dict__.items()
                                         if k in ("history", "current")},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "epoch": epoch, "best": best, "rng": torch.get_rng_state(), "costs": costs}, ckpt / STATE_FILE)
-        # the best weights change only when validation improves: a link, not a 45 MB copy every epoch
-        # (out_dir's best_model.pt is always written as a new file, so older checkpoints keep theirs)
-        _link_or_copy(out_dir / BEST_FILE, ckpt / BEST_FILE)
+                    "epoch": epoch, "best": best, "rng_state": rng_state(), "costs": costs}, ckpt / STATE_FILE)
+        final = epoch == epochs - 1
+        if not final:
+            # the best weights change only when validation improves: a link, not a 45 MB copy every
+            # epoch (out_dir's best_model.pt is always written as a new file, so older checkpoints
+            # keep theirs); the final checkpoint holds them once, as artifacts/model.pt
+            _link_or_copy(out_dir / BEST_FILE, ckpt / BEST_FILE)
         (ckpt / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(), indent=1))
         mark("checkpoint_saved")
-        final = epoch == epochs - 1
         if final:
             metrics.update(_finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, (mean, std), bs, dev, amp,
                                    channels_last, out_dir, ckpt, num_workers))
@@ -317,11 +409,20 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
             report(metrics, ckpt)
             mark("reported")
         last = metrics
-        # keep only this epoch's checkpoint on local disk (the reporter has copied it)
+        # keep only this epoch's checkpoint on local disk (a reporter has copied it; without one,
+        # e.g. `fer-automl train`, the latest holds all there is to keep: a 100-epoch ResNet-18
+        # trial would otherwise leave ~18 GB of older states in --out)
         for old in out_dir.glob("checkpoint_*"):
-            if old != ckpt and report is not None:
+            if old != ckpt:
                 shutil.rmtree(old, ignore_errors=True)
     return last
+
+
+def best_weights_in(ckpt: Path) -> Path:
+    """The best-validation weights a checkpoint holds: best_model.pt, or artifacts/model.pt in a
+    trial's final checkpoint (which keeps one copy of them)."""
+    path = Path(ckpt) / BEST_FILE
+    return path if path.is_file() else Path(ckpt) / ARTIFACTS_DIR / "model.pt"
 
 
 def _finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, norm, bs, dev, amp, channels_last, out_dir, ckpt,
@@ -345,7 +446,7 @@ def _finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, norm, bs, dev, amp,
             {"split": "test", "classes": classes, "per_class": per_class_report(test["_y"], test["_p"], classes),
              "confusion_matrix": cm.tolist(), **out}, indent=1))
     write_attention_overlay(model, ds, eval_tf, classes, art / "attention.png", dev)
-    shutil.copy(out_dir / BEST_FILE, art / "model.pt")
+    _link_or_copy(out_dir / BEST_FILE, art / "model.pt")  # the only copy in the final checkpoint
     # the split fingerprint lets `fer-automl evaluate` tell whether its 'test' is the one tested here
     lineage = {"name": ds.name, "fingerprint": ds.fingerprint, "format": ds.format,
                "split_fingerprint": split_fingerprint(ds.keys, ds.splits) if ds.keys is not None else None}

@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
 
 # What the trial reports every epoch (shared/DESIGN.md): the metric a search may optimise.
-REPORTED_METRICS = ("val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "train_loss",
-                    "pose_accuracy", "images_per_second")
+REPORTED_METRICS = ("val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "val_objective",
+                    "train_loss", "pose_accuracy", "images_per_second")
 
 # The metric each `second_objective` is reported under (every epoch, beside the metrics above).
 SECOND_OBJECTIVE_METRICS = {"params": "params", "macs": "macs", "latency": "latency_ms"}
@@ -114,7 +114,7 @@ class SearchSpec(_Strict):
     time_budget_s: Optional[StrictFloat] = Field(None, gt=0, description="seconds; no new trial starts after it")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     metric: str = "val_balanced_accuracy"
-    mode: Optional[Literal["max", "min"]] = Field(None, description="default: min for losses, max otherwise")
+    mode: Optional[Literal["max", "min"]] = Field(None, description="default: min for losses (and val_objective), max otherwise")
     second_objective: Optional[Literal["params", "macs", "latency"]] = Field(
         None, description="minimised beside the metric: a multi-objective search with a Pareto front")
     grid: Dict[str, List[Any]] = Field(
@@ -124,6 +124,8 @@ class SearchSpec(_Strict):
     address: Optional[str] = Field(None, description="Ray: none = a local Ray; 'auto' or ray://host:port = that cluster")
     tracking_uri: Optional[str] = None
     max_failures: StrictInt = Field(1, ge=0, description="retries of a failed trial from its checkpoint")
+    keep_checkpoints: StrictInt = Field(1, ge=1, description="checkpoints kept per trial in the storage, latest first "
+                                                             "(each holds the latest state and the best weights)")
     seed: Optional[StrictInt] = Field(None, ge=0, le=MAX_SEED, description="seed of the search algorithm")
 
     @field_validator("name")
@@ -149,7 +151,7 @@ class SearchSpec(_Strict):
     @model_validator(mode="after")
     def _default_mode(self) -> "SearchSpec":
         if self.mode is None:
-            self.mode = "min" if self.metric.endswith("loss") else "max"
+            self.mode = "min" if self.metric.endswith(("loss", "objective")) else "max"
         if self.grid and self.algorithm != "grid":
             raise ValueError(f"grid: values per dimension apply to algorithm: grid only (algorithm is {self.algorithm!r})")
         return self

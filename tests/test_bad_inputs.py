@@ -405,8 +405,74 @@ CASES_DATA_PREDICT_EVALUATE: List[Case] = [
          ["models:/nope/3"], setup=mlflow_store()),
 ]
 
+POINT = "point.yaml:{attention: none, num_scales: 1, num_patches: 0, loss_weighting: fixed, lr: 0.01, image_size: 32}"
+
+
+def one_class_folder(tmp: Path) -> Dict[str, str]:
+    """An image folder with a single class (happy): every prediction would be right."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        path = tmp / "one" / "happy" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    return {"data": str(tmp / "one"), **files(point=POINT)(tmp)}
+
+
+def _no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+TRAIN = ["train", "--space", "quickstart", "--config", "{point}"]
 CASES_TRAIN: List[Case] = [
-]
+    Case("train-config-missing", ["train", "--space", "quickstart", "--config", "{tmp}/nope.yaml"],
+         ["--config", "nope.yaml", "no such file"]),
+    Case("train-config-is-a-folder", ["train", "--space", "quickstart", "--config", "{tmp}"],
+         ["--config", "not a regular file"]),
+    Case("train-config-not-yaml", TRAIN, ["--config", "point.yaml", "not a YAML file", "line 1, column 7"],
+         setup=files(point="point.yaml:a: [1,")),
+    Case("train-config-duplicate-key", TRAIN, ["--config", "point.yaml", "duplicate key 'lr' at line 2 (first at line 1)"],
+         setup=files(point="point.yaml:lr: 0.01\nlr: 0.1\n")),
+    Case("train-config-not-text", TRAIN, ["--config", "point.yaml", "not UTF-8"],
+         setup=lambda tmp: {"point": str(write(tmp / "point.yaml", b"\xff\xfe\x00bad", "wb"))}),
+    Case("train-config-not-a-mapping", TRAIN, ["point.yaml", "a point is a mapping"],
+         setup=files(point="point.yaml:- 1\n- 2\n")),
+    Case("train-config-unknown-dimension", TRAIN, ["point.yaml", "unknown dimension 'colour'"],
+         setup=files(point=POINT[:-1] + ", colour: red}")),
+    Case("train-config-missing-dimension", TRAIN, ["point.yaml", "missing dimension 'lr'"],
+         setup=files(point="point.yaml:{attention: none, num_scales: 1, num_patches: 0, loss_weighting: fixed, "
+                           "image_size: 32}")),
+    Case("train-config-bad-value", TRAIN, ["point.yaml", "attention", "sparkle"],
+         setup=files(point=POINT.replace("attention: none", "attention: sparkle"))),
+    Case("train-n-zero", TRAIN + ["--n", "0"], ["--n", "0", ">= 1"], setup=files(point=POINT)),
+    Case("train-n-negative", TRAIN + ["--n", "-5"], ["--n", "-5", ">= 1"], setup=files(point=POINT)),
+    Case("train-n-not-a-number", TRAIN + ["--n", "many"], ["--n", "many"], setup=files(point=POINT)),
+    Case("train-n-with-a-dataset-on-disk", TRAIN + ["--format", "imagefolder", "--data", "{tmp}", "--n", "10"],
+         ["--n 10", "synthetic only"], setup=files(point=POINT)),
+    Case("train-format-unknown", TRAIN + ["--format", "nope"], ["--format", "'nope'", "imagefolder"],
+         setup=files(point=POINT)),
+    Case("train-format-without-data", TRAIN + ["--format", "imagefolder"], ["--format", "needs --data"],
+         setup=files(point=POINT)),
+    Case("train-data-missing", TRAIN + ["--format", "imagefolder", "--data", "{tmp}/absent"],
+         ["--data", "absent", "no such file"], setup=files(point=POINT)),
+    Case("train-data-with-synthetic", TRAIN + ["--data", "{tmp}"], ["--data", "synthetic"],
+         setup=files(point=POINT)),
+    Case("train-out-is-a-file", TRAIN + ["--out", "{point}"], ["--out", "point.yaml", "not a folder"],
+         setup=files(point=POINT)),
+    Case("train-device-unknown", TRAIN + ["--device", "gpu"], ["--device", "'gpu'", "cpu, cuda"],
+         setup=files(point=POINT)),
+    Case("train-device-no-such-cuda", TRAIN + ["--device", "cuda:99"], ["--device cuda:99"],
+         setup=files(point=POINT)),
+    # a dataset of one class: refused once it is read (the decode cache it fills is the only write;
+    # the --out folder is never made)
+    Case("train-one-class", TRAIN + ["--format", "imagefolder", "--data", "{data}", "--out", "{tmp}/run"],
+         ["training set has 1 class", "happy", "at least 2"], setup=one_class_folder, writes=True),
+] + ([Case("train-device-cuda-without-gpu", TRAIN + ["--device", "cuda"], ["--device cuda", "no CUDA device"],
+           setup=files(point=POINT))] if _no_cuda() else [])
 
 def _space_with_storage(tmp: Path) -> Dict[str, str]:
     """A copy of the quickstart space whose `search.storage_path` is a file."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,7 +33,9 @@ def test_trial_reports_every_epoch_and_leaves_artifacts(synth, tmp_path, monkeyp
     timing = tmp_path / "timing.txt"
     monkeypatch.setenv(TIMING_ENV, str(timing))  # benchmarks/overhead.py's start-up marks
     reports = []
-    final = run_trial(_cfg(), synth, out_dir=tmp_path, report=lambda m, c: reports.append((dict(m), c)))
+    held = []  # what each checkpoint holds when it is reported (the trial keeps only the latest)
+    final = run_trial(_cfg(), synth, out_dir=tmp_path, report=lambda m, c: (
+        reports.append((dict(m), c)), held.append({str(p.relative_to(c)) for p in c.rglob("*.pt")})))
     events = [line.split()[1] for line in timing.read_text().splitlines()]
     # the marks of each epoch; the first step of the run only, not of each epoch
     epoch = ["train_done", "val_done", "checkpoint_saved", "reported"]
@@ -48,7 +51,9 @@ def test_trial_reports_every_epoch_and_leaves_artifacts(synth, tmp_path, monkeyp
         assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
         assert 0.0 <= m["val_balanced_accuracy"] <= 1.0
     ckpt = reports[-1][1]
-    assert (ckpt / STATE_FILE).is_file() and (ckpt / BEST_FILE).is_file()
+    # every checkpoint holds the latest state and the best weights once: an epoch's as best_model.pt,
+    # the final one as artifacts/model.pt (what tracking logs), not twice
+    assert held == [{STATE_FILE, BEST_FILE}, {STATE_FILE, "artifacts/model.pt"}]
     art = ckpt / "artifacts"
     for f in ["confusion_matrix.png", "attention.png", "per_class_metrics.json", "model.pt", "model_config.json"]:
         assert (art / f).is_file(), f
@@ -136,3 +141,120 @@ def test_checkpoint_best_weights_are_linked_not_rewritten(tmp_path):
     _link_or_copy(best, tmp_path / "c2" / BEST_FILE)
     assert torch.equal(torch.load(tmp_path / "c2" / BEST_FILE)["w"], torch.ones(3))
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _scan_like_cfg():
+    """SCAN-CCI's fixed weights (0.2 on the attention head, 0.8 on each of 4 context regions: they
+    sum to 3.4) on a backbone small enough for a 32 px test."""
+    from fer_models import preset_config
+
+    model = preset_config("scan_cci_shared").model_copy(update={"backbone": SEARCH_TEST_BACKBONE, "num_patches": 4,
+                                                                "context_hidden": 32})
+    return TrialConfig(model=model, train=TrainConfig(epochs=1, batch_size=32, lr=3e-3, loss_weighting="fixed",
+                                                      label_smoothing=0.1, class_balance="reweight"),
+                       data=DataConfig(image_size=32, aug_strength=0.3))
+
+
+def _uncertainty_cfg():
+    cfg = _cfg(epochs=1, num_patches=0)  # two learned weights: the global branch and the pose head
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={
+        "loss_weighting": "uncertainty", "label_smoothing": 0.1, "class_balance": "reweight"})})
+
+
+@pytest.mark.parametrize("make_cfg", [_uncertainty_cfg, _scan_like_cfg], ids=["uncertainty", "scan-like-fixed"])
+def test_val_loss_is_the_plain_cross_entropy_of_the_fused_prediction(make_cfg, synth, tmp_path):
+    """Issue 10: val_loss is comparable across architectures and loss weightings: the fused
+    prediction's cross-entropy (no label smoothing, no class weights); the weighted training
+    objective is val_objective."""
+    import torch.nn.functional as F
+
+    from fer_models import build_model
+    from runners.data.transforms import build_eval_transform, normalization_for
+
+    cfg = make_cfg()
+    seen = []
+
+    def report(m, c):  # the weights validation ran with: the epoch's checkpoint, read before the next one
+        seen.append((dict(m), torch.load(c / STATE_FILE, weights_only=False)["model"]))
+
+    run_trial(cfg, synth, out_dir=tmp_path, report=report)
+    metrics, weights = seen[-1]
+    model = build_model(cfg.model.model_copy(update={"num_classes": len(synth.classes), "num_pose_classes":
+                                                     len(synth.pose_classes) if cfg.model.pose_head else None}),
+                        image_size=32)
+    model.load_state_dict(weights)
+    model.eval()
+    tf = build_eval_transform(32, *normalization_for(cfg.model.backbone))
+    idx = synth.indices("val")
+    x = torch.stack([torch.as_tensor(tf(image=np.asarray(synth.images[i]))["image"]).permute(2, 0, 1) for i in idx])
+    y = torch.as_tensor(synth.labels[idx], dtype=torch.long)
+    with torch.no_grad():
+        expected = float(F.cross_entropy(model(x.float()).logits.float(), y))
+    assert metrics["val_loss"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # the weighted objective is still reported, under its own name, and it is another figure
+    assert math.isfinite(metrics["val_objective"]) and abs(metrics["val_objective"] - metrics["val_loss"]) > 1e-3
+
+
+def test_a_resumed_trial_trains_exactly_as_an_uninterrupted_one(synth, tmp_path):
+    """Issue 10: stopped after epoch 1 of 2 and resumed from that checkpoint, a trial continues with the
+    same random state (loader order and resampling, augmentation draws, dropout, DWA weights):
+    per-epoch metrics equal an uninterrupted run on CPU."""
+    cfg = _cfg(epochs=2, dropout=0.3, num_patches=0)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"class_balance": "resample"})})
+    keys = ("train_loss", "val_loss", "val_objective", "val_accuracy", "val_balanced_accuracy")
+
+    whole = []
+    run_trial(cfg, synth, out_dir=tmp_path / "whole", report=lambda m, c: whole.append({k: m[k] for k in keys}))
+
+    class Stop(Exception):
+        pass
+
+    ckpts, first = [], []
+
+    def stop_after_first(m, c):
+        first.append({k: m[k] for k in keys})
+        ckpts.append(c)
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_trial(cfg, synth, out_dir=tmp_path / "a", report=stop_after_first)
+    rest = []
+    run_trial(cfg, synth, out_dir=tmp_path / "b", resume_from=ckpts[0],
+              report=lambda m, c: rest.append({k: m[k] for k in keys}))
+    assert first + rest == whole
+    assert whole[0]["train_loss"] != whole[1]["train_loss"]  # the epochs differ: the equality is not vacuous
+
+
+def test_a_seeded_model_does_not_depend_on_what_was_built_before():
+    """The backbone's stage layout is probed once per process (a cached build): that build must not
+    move the seeded RNG, or a trial's first model in a process differs from its next ones (a resumed
+    trial runs in a fresh process)."""
+    from fer_models import build_model
+    from fer_models.model import stage_layout
+
+    cfg = ModelConfig(backbone=SEARCH_TEST_BACKBONE, num_classes=7)
+    stage_layout.cache_clear()
+    torch.manual_seed(0)
+    first = build_model(cfg, image_size=32).state_dict()
+    torch.manual_seed(0)
+    again = build_model(cfg, image_size=32).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_val_objective_is_minimised_like_a_loss():
+    """val_objective (the weighted training objective) is lower-is-better wherever a metric's
+    direction is decided: a search's default mode and promote's ranking."""
+    from runners.registry import higher_is_better
+    from search_spaces import SearchSpec
+
+    assert SearchSpec(metric="val_objective").mode == "min"
+    assert not higher_is_better("val_objective") and not higher_is_better("val_loss")
+    assert higher_is_better("val_balanced_accuracy")
+
+
+def test_a_trial_without_a_reporter_keeps_only_its_latest_checkpoint(synth, tmp_path):
+    """`fer-automl train` (no reporter): the out folder holds the final checkpoint and the best
+    weights, not one model-plus-optimizer state per epoch."""
+    run_trial(_cfg(epochs=2, num_patches=0, pose_head=False), synth, out_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [BEST_FILE, "checkpoint_0002"]
+    assert (tmp_path / "checkpoint_0002" / "artifacts" / "model.pt").is_file()
