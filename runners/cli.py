@@ -23,7 +23,14 @@ COMMAND_GROUPS = {
 
 __all__ = ["COMMAND_GROUPS", "build_parser", "main"]
 
-EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# The exit codes of every command (README: "Exit codes and errors"), in one place.
+EXIT_OK = 0
+EXIT_BUG = 1               # anything but a UserError: the traceback is printed
+EXIT_USAGE = 2             # a UserError: bad input, one message, nothing written
+EXIT_REFUSED = 3           # promote: registered, but the alias did not move
+EXIT_SOME_FAILED = 4       # done, but some items failed (a search's trials, predict's images)
+EXIT_TRACKING_PAUSED = 5   # a search finished, but the MLflow store took no writes: records incomplete
+EXIT_INTERRUPTED = 130     # Ctrl-C or SIGTERM
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 
 

@@ -25,8 +25,8 @@ FACE_MARGIN = 0.2
 Box = Tuple[int, int, int, int]  # x, y, width, height in pixels of the original image
 
 
-class FaceDetectorUnavailable(RuntimeError):
-    """The installed OpenCV has no Haar cascade classifier or no cascade file."""
+class FaceDetectorUnavailable(UserError):
+    """The installed OpenCV has no Haar cascade classifier or no cascade file (the user's install: exit 2)."""
 
 
 @dataclass
@@ -134,6 +134,15 @@ class FaceDetector:
                             f"cascade XML such as {CASCADE_FILE})")
         self.path = path
         self.margin = float(margin)
+
+    @classmethod
+    def from_flags(cls, detect_faces: bool, cascade: Optional[str]) -> Optional["FaceDetector"]:
+        """The detector `--detect-faces [--cascade FILE]` ask for, or None without --detect-faces."""
+        if detect_faces:
+            return cls(cascade)
+        if cascade:
+            raise UserError("--cascade is used only with --detect-faces")
+        return None
 
     def detect(self, rgb: np.ndarray) -> Optional[Box]:
         """The largest face (x, y, w, h), or None."""

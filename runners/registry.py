@@ -32,13 +32,14 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from fer_models.errors import UserError
 
-from .tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID, check_tracking_server, resolve_tracking_uri
+from .cli import EXIT_REFUSED  # the exit codes live in one place
+from .tracking import (TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID, check_tracking_server, resolve_tracking_uri,
+                       using_store)
 
 DEFAULT_MODEL_NAME = "fer-expression"
 DEFAULT_ALIAS = "champion"
 DEFAULT_METRIC = "val_balanced_accuracy"
 SELECTION_METRIC = "val_balanced_accuracy"  # what runners.trial selects the kept weights on
-EXIT_REFUSED = 3
 ARTIFACT_DIR = "trial"  # where runners.tracking logs a trial's artifacts
 NEEDED_FILES = ("model.pt", "model_config.json")
 
@@ -240,17 +241,14 @@ def _log_into(uri: str, experiment_id: str) -> Iterator[None]:
     trial's server and experiment (else the model would land in 'Default'), then put back what was there."""
     import mlflow
     import mlflow.tracking.fluent as fluent
-    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    prev_uri = tracking_utils._tracking_uri
     prev_exp = fluent._active_experiment_id
     prev_env = os.environ.get("MLFLOW_EXPERIMENT_ID")
     try:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(experiment_id=experiment_id)
-        yield
+        with using_store(uri):
+            mlflow.set_experiment(experiment_id=experiment_id)
+            yield
     finally:
-        tracking_utils._tracking_uri = prev_uri
         fluent._active_experiment_id = prev_exp
         if prev_env is None:
             os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
@@ -326,8 +324,11 @@ def register(client, uri: str, cand: Candidate, model_name: str, metric: str):
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    return client.create_model_version(model_name, source=info.model_uri, run_id=cand.run_id, tags=tags,
-                                       model_id=info.model_id)
+    # the registry store looks the logged model up through MLflow's global tracking URI (a client
+    # of its own): point it at this store, or it searches whatever store the process used last
+    with using_store(uri):
+        return client.create_model_version(model_name, source=info.model_uri, run_id=cand.run_id, tags=tags,
+                                           model_id=info.model_id)
 
 
 # --- the alias rule ---------------------------------------------------------------------------------

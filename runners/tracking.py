@@ -11,6 +11,7 @@ Written as a custom callback rather than Ray's `MLflowLoggerCallback`: that one 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from fer_models.errors import UserError, UserPathError
 
@@ -52,6 +53,34 @@ def resolve_tracking_uri(uri: Optional[str]) -> str:
         raise UserError(f"tracking URI {uri!r} ({TRACKING_URI_SOURCES}): expected sqlite:///PATH, "
                         "http(s)://HOST:PORT, postgresql://..., mysql://..., file:///PATH or databricks://...")
     return uri
+
+
+@contextlib.contextmanager
+def using_store(uri: str) -> Iterator[None]:
+    """Point MLflow's process-global tracking and registry URIs (which model loading and the fluent
+    API read, and which MLflow also copies into $MLFLOW_TRACKING_URI / $MLFLOW_REGISTRY_URI) at `uri`
+    for the block, then put back what was there: a command run in-process (tests, a notebook) leaves
+    no global MLflow state behind. MLflow has no public way to restore "not set", hence the module
+    attributes."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env_keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_uris = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    saved_env = {k: os.environ.get(k) for k in env_keys}
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uris[0])
+        registry_utils._registry_uri = saved_uris[1]
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:

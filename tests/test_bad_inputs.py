@@ -674,6 +674,15 @@ def snapshot(root: Path) -> Dict[str, int]:
             for p in root.rglob("*")}
 
 
+def mlflow_globals() -> tuple:
+    """MLflow's process-global tracking and registry URIs and their environment variables."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    return (tracking_utils._tracking_uri, registry_utils._registry_uri,
+            os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI"))
+
+
 def run_case(case: Case, tmp: Path, capsys, monkeypatch) -> tuple:
     if case.needs is not None and not Path(case.needs).exists():
         pytest.skip(f"{case.needs} is absent")
@@ -687,12 +696,16 @@ def run_case(case: Case, tmp: Path, capsys, monkeypatch) -> tuple:
         fields.update(case.setup(work))
     argv = [a.format(**fields) for a in case.argv]
     before = snapshot(work)
+    before_mlflow = mlflow_globals()
     capsys.readouterr()
     try:
         rc = main(argv)
     except SystemExit as exc:          # argparse's own usage errors
         rc = exc.code if isinstance(exc.code, int) else 2
     captured = capsys.readouterr()
+    # a command run in-process leaves MLflow's global URIs as they were (a registry URI left pointing
+    # at a case's deleted store broke the next module's registry writes)
+    assert mlflow_globals() == before_mlflow, f"{case.id} changed MLflow's global state"
     return rc, captured.err, captured.out, before, snapshot(work)
 
 

@@ -121,7 +121,7 @@ def test_predict_json_with_bad_files(model, env, tmp_path):
     junk.write_text("not an image")
     args = [str(paths[0]), str(missing), str(paths[1]), str(junk), str(paths[2])]
     r = run_cli("predict", "--model", model["uri"], "--tracking-uri", model["server"], "--json", *args, env=env)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 4, r.stderr
     assert "2 of 5 image(s) failed" in r.stderr
     out = json.loads(r.stdout)
     assert [o["path"] for o in out] == args
@@ -146,7 +146,7 @@ def test_predict_detect_faces_on_a_real_face(model, env, tmp_path):
     blank = write_png(tmp_path / "blank.png", np.full((120, 128, 3), 128, np.uint8))
     r = run_cli("predict", "--model", model["uri"], "--tracking-uri", model["server"], "--detect-faces", "--json",
                 str(face), str(blank), env=env)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 4, r.stderr
     found, none = json.loads(r.stdout)
     assert none == {"path": str(blank), "error": "no face found"}
     box = found["face_box"]
@@ -244,7 +244,7 @@ def test_predict_refuses_a_fifo_without_blocking(model, tmp_path, capsys):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     img = write_png(tmp_path / "a.png", np.asarray(model["ds"].images[0]))
-    assert main(["predict", "--model", model["uri"], "--tracking-uri", model["server"], str(fifo), str(img)]) == 1
+    assert main(["predict", "--model", model["uri"], "--tracking-uri", model["server"], str(fifo), str(img)]) == 4
     cap = capsys.readouterr()
     assert f"{fifo}\tERROR\tnot a regular file" in cap.out
     assert f"{img}\t" in cap.out and "1 of 2 image(s) failed" in cap.err

@@ -42,7 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     from fer_models.errors import UserError, UserPathError
@@ -50,23 +49,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..data import get_reader, load_dataset
     from ..evaluate import check_output_dir, evaluate_dataset, log_evaluation, resolve_model_ref, write_artifacts
     from ..packaging import load_fer_model
-    from ..predict import FaceDetector, FaceDetectorUnavailable
+    from ..predict import FaceDetector
     from ..registry import require_existing_store
-    from ..tracking import check_tracking_server, resolve_tracking_uri
+    from ..tracking import check_tracking_server, resolve_tracking_uri, using_store
     from .data import _parse_options
 
     # what can be checked in milliseconds first: the output folder, the face detector, the tracking server,
     # the format, the path, the options
     if args.output_dir is not None:
         check_output_dir(args.output_dir)
-    detector = None
-    if args.detect_faces:
-        try:
-            detector = FaceDetector(args.cascade)
-        except FaceDetectorUnavailable as exc:
-            raise UserError(str(exc)) from None
-    elif args.cascade:
-        raise UserError("--cascade is used only with --detect-faces")
+    detector = FaceDetector.from_flags(args.detect_faces, args.cascade)
     tracking = resolve_tracking_uri(args.tracking_uri)
     check_tracking_server(tracking)
     if args.model.startswith(("models:/", "runs:/")):
@@ -85,34 +77,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     elif args.data:
         raise UserError(f"dataset format {args.format!r} reads no files: drop --data {args.data!r}")
 
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(tracking)
-    ref = None
-    if not args.no_log or args.model.startswith("models:/"):
-        ref = resolve_model_ref(MlflowClient(tracking_uri=tracking, registry_uri=tracking), args.model)
-    predictor = load_fer_model(args.model)
-    # with face detection the images are read at their own size (as predict reads a file), then cropped and
-    # resized; else at the model's input size (the decode-once cache)
-    ds = load_dataset(args.format, args.data, image_size=None if detector else predictor.image_size,
-                      seed=args.seed, skip_corrupt=args.skip_corrupt, **opts)
-    ev = evaluate_dataset(predictor, ds, args.split, detector=detector)
-    logged = {}
-    if args.output_dir is not None:
-        write_artifacts(ev, args.output_dir)
-    if not args.no_log:
-        # MLflow prints "View run ... at: URL" for an HTTP server: keep stdout pure JSON with --json
-        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
-            logged = log_evaluation(ev, ref, tracking_uri=tracking, experiment=args.experiment,
-                                    params={"seed": args.seed, "format": args.format,
-                                            "detect_faces": bool(detector),
-                                            **{f"option.{k}": v for k, v in opts.items()}})
-    if args.json:
-        print(json.dumps({**ev.to_json(), "mlflow": {**logged, "tracking_uri": tracking} if logged else None,
-                          "model_version": {"name": ref.name, "version": ref.version} if ref and ref.name else None},
-                         indent=1))
+    with using_store(tracking):  # model loading reads MLflow's global URIs; put back afterwards
+        ref = None
+        if not args.no_log or args.model.startswith("models:/"):
+            ref = resolve_model_ref(MlflowClient(tracking_uri=tracking, registry_uri=tracking), args.model)
+        predictor = load_fer_model(args.model)
+        # with face detection the images are read at their own size (as predict reads a file), then cropped and
+        # resized; else at the model's input size (the decode-once cache)
+        ds = load_dataset(args.format, args.data, image_size=None if detector else predictor.image_size,
+                          seed=args.seed, skip_corrupt=args.skip_corrupt, **opts)
+        ev = evaluate_dataset(predictor, ds, args.split, detector=detector)
+        logged = {}
+        if args.output_dir is not None:
+            write_artifacts(ev, args.output_dir)
+        if not args.no_log:
+            # MLflow prints "View run ... at: URL" for an HTTP server: keep stdout pure JSON with --json
+            with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+                logged = log_evaluation(ev, ref, tracking_uri=tracking, experiment=args.experiment,
+                                        params={"seed": args.seed, "format": args.format,
+                                                "detect_faces": bool(detector),
+                                                **{f"option.{k}": v for k, v in opts.items()}})
+        if args.json:
+            print(json.dumps({**ev.to_json(), "mlflow": {**logged, "tracking_uri": tracking} if logged else None,
+                              "model_version": {"name": ref.name, "version": ref.version} if ref and ref.name else None},
+                             indent=1))
+            return 0
+        _print_report(ev, ref, logged, tracking, args)
         return 0
-    _print_report(ev, ref, logged, tracking, args)
-    return 0
 
 
 def _fmt(v) -> str:

@@ -22,17 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from fer_models.errors import UserError
-    from ..predict import FaceDetector, FaceDetectorUnavailable, predict_files
+    from ..predict import FaceDetector, predict_files
 
-    detector = None
-    if args.detect_faces:
-        try:
-            detector = FaceDetector(args.cascade)
-        except FaceDetectorUnavailable as exc:
-            raise UserError(str(exc)) from None
-    elif args.cascade:
-        raise UserError("--cascade is used only with --detect-faces")
+    detector = FaceDetector.from_flags(args.detect_faces, args.cascade)
     predictor = _load(args.model, args.tracking_uri)
     results = predict_files(predictor, args.images, detector)
     if args.json:
@@ -50,22 +42,21 @@ def _predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"fer-automl: {len(failed)} of {len(results)} image(s) failed: "
               + "; ".join(f"{r.path}: {r.error}" for r in failed[:10]), file=sys.stderr)
-        return 1
+        from ..cli import EXIT_SOME_FAILED
+
+        return EXIT_SOME_FAILED
     return 0
 
 
 def _load(uri: str, tracking_uri):
     """The model, with models:/ URIs resolved against the tracking server (errors name the URI)."""
-    import mlflow
-
     from ..packaging import load_fer_model
     from ..registry import require_existing_store
-    from ..tracking import check_tracking_server, resolve_tracking_uri
+    from ..tracking import check_tracking_server, resolve_tracking_uri, using_store
 
     tracking = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("models:/", "runs:/")):
         check_tracking_server(tracking)
         require_existing_store(tracking, f"--model {uri!r}")
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(tracking)
-    return load_fer_model(uri)
+    with using_store(tracking):
+        return load_fer_model(uri)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import EXIT_SOME_FAILED, EXIT_TRACKING_PAUSED
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="run a search (Ray Tune + Optuna, tracked in MLflow)")
@@ -47,13 +49,12 @@ def _search(args: argparse.Namespace) -> int:
     return search_exit_code(res)
 
 
-# what `fer-automl search` exits with after a search ran to its end (2: bad input, 1: a bug, 130:
-# interrupted come from runners.cli)
-EXIT_TRIALS_FAILED = 4  # finished, but trials failed for good (the leaderboard is printed and logged)
-EXIT_TRACKING_PAUSED = 5  # finished, but the MLflow store took no writes: its records are incomplete
 
 
 def search_exit_code(res) -> int:
+    """What `fer-automl search` exits with after a search ran to its end (runners.cli's codes): 5 when
+    the MLflow store took no writes, 4 when trials failed for good (the leaderboard printed and
+    logged), else 0."""
     import sys
 
     if res.tracking_paused:
@@ -63,5 +64,5 @@ def search_exit_code(res) -> int:
     if res.num_failed:
         print(f"fer-automl: search {res.name} finished, but {res.num_failed} of {len(res.leaderboard)} trials failed "
               "(their reasons are above and on their MLflow runs)", file=sys.stderr)
-        return EXIT_TRIALS_FAILED
+        return EXIT_SOME_FAILED
     return 0
