@@ -25,8 +25,9 @@ from fer_models.errors import UserError, UserPathError
 
 from .pareto import is_number, pareto_front
 from .tracking import (TAG_FAILURE, TAG_KIND, TAG_PARETO, TAG_SEARCH, TAG_STATUS, check_store_writable,
-                       check_tracking_server, complete_trial_runs, find_child_runs, get_or_create_experiment, guarded,
-                       make_tracker, resolve_tracking_uri, tracking_paused, trial_status, unpause_tracking)
+                       check_tracking_server, complete_trial_runs, dataset_input_fields, find_child_runs,
+                       get_or_create_experiment, guarded, make_tracker, resolve_tracking_uri, tracking_paused,
+                       trial_status, unpause_tracking)
 from .trial import DataSpec, check_classes, mark
 
 # the metrics are the trial's last report (what the scheduler and the searcher saw); the trial keeps
@@ -320,6 +321,17 @@ def trial_epochs(space, config: Dict[str, Any]) -> Optional[int]:
         return None
 
 
+def trial_label(cfg) -> str:
+    """What a trial is, in a few words, for its MLflow run name: backbone, attention, local patches,
+    scales, loss weighting, and the context branch and pose head when on: 'resnet18 cbam 4p 2s dwa'."""
+    m = cfg.model
+    words = [m.backbone, m.attention, f"{m.num_patches}p",
+             f"{m.num_scales}s" + ("-ms" if m.global_branch == "multiscale" else ""), cfg.train.loss_weighting]
+    if m.global_attention not in (None, m.attention):
+        words.insert(2, f"g-{m.global_attention}")
+    return " ".join(words + (["cci"] if m.context_branch else []) + (["pose"] if m.pose_head else []))
+
+
 def _max_epochs(space) -> int:
     """The largest number of epochs any point of the space trains for (ASHA's default max_t)."""
     for n, target in space.targets.items():
@@ -507,7 +519,9 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
 
     tracker = make_tracker(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, search_name=name,
                            point_of=lambda cfg: point_from_config(cfg, space),
-                           epochs_of=lambda cfg: trial_epochs(space, cfg))
+                           epochs_of=lambda cfg: trial_epochs(space, cfg),
+                           name_of=lambda cfg: trial_label(space.validate(point_from_config(cfg, space))),
+                           dataset=dataset_input_fields(ds, spec.dataset.path))
     from search_spaces.schema import read_yaml
 
     static = {"space_file": str(Path(space.path).resolve()) if space.path else space_file,

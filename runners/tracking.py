@@ -378,6 +378,33 @@ def _tune_callback_base():
     return Callback
 
 
+# MLflow keeps a dataset's digest in a 36-character column: the first 32 hex characters of the
+# content fingerprint (128 bits) stand for it there; the whole fingerprint is in the profile
+DATASET_DIGEST_CHARS = 32
+
+
+def dataset_input_fields(ds, path: Optional[str] = None) -> Dict[str, Any]:
+    """What a run's dataset input says of a `FERDataset`: name, source, digest (its content
+    fingerprint), and a profile (images, classes, images per split, the whole fingerprint)."""
+    from collections import Counter
+
+    splits = dict(sorted(Counter(str(x) for x in ds.splits).items()))
+    return {"name": ds.name, "digest": ds.fingerprint[:DATASET_DIGEST_CHARS],
+            "source_type": "local" if path else "code",
+            "source": json.dumps({"uri": str(Path(path).resolve())} if path else {"reader": ds.source}),
+            "profile": json.dumps({"num_images": len(ds), "classes": list(ds.classes), "splits": splits,
+                                   "fingerprint": ds.fingerprint})}
+
+
+def log_dataset_input(client, run_id: str, fields: Dict[str, Any], context: str = "training") -> None:
+    """The run's dataset input (MLflow's runs table shows it in its Dataset column)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=fields["name"], digest=fields["digest"], source_type=fields["source_type"],
+                      source=fields["source"], profile=fields.get("profile"))
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+
+
 def make_tracker(**kwargs):
     """Build the Tune callback (the class derives from ray.tune.Callback, imported lazily)."""
     base = _tune_callback_base()
@@ -386,8 +413,12 @@ def make_tracker(**kwargs):
         def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, search_name: str,
                      point_of: Callable[[Dict[str, Any]], Dict[str, Any]],
                      epochs_of: Callable[[Dict[str, Any]], Optional[int]],
-                     metric_names: Optional[List[str]] = None, flush_every_s: float = 5.0):
+                     metric_names: Optional[List[str]] = None, flush_every_s: float = 5.0,
+                     name_of: Optional[Callable[[Dict[str, Any]], str]] = None,
+                     dataset: Optional[Dict[str, Any]] = None):
             self.tracking_uri = tracking_uri
+            self.name_of = name_of  # a trial's config -> what it is ("cbam 4p 2s dwa"), for its run name
+            self.dataset = dataset  # `dataset_input_fields(ds)`: logged as each child run's dataset input
             self.experiment_id = experiment_id
             self.parent_run_id = parent_run_id
             self.search_name = search_name
@@ -428,12 +459,16 @@ def make_tracker(**kwargs):
             if tid in self.runs:
                 return self.runs[tid]
             point = self.point_of(trial.config)
+            name_of = self.__dict__.get("name_of")  # a tracker restored from an older search has none
+            label = name_of(trial.config) if name_of is not None else tid
             run = self._client.create_run(
-                self.experiment_id, run_name=f"{self.search_name}/{tid}",
+                self.experiment_id, run_name=f"t{len(self.runs) + 1:02d} {label}",
                 tags={"mlflow.parentRunId": self.parent_run_id, TAG_SEARCH: self.search_name, TAG_TRIAL_ID: tid,
                       TAG_KIND: "trial", TAG_STATUS: "running"})
             self.runs[tid] = run.info.run_id
             w.params(run.info.run_id, flatten(point))
+            if self.__dict__.get("dataset"):
+                log_dataset_input(self._client, run.info.run_id, self.dataset)
             return run.info.run_id
 
         # every callback writes through `guarded`: a store that stops taking writes pauses tracking

@@ -196,3 +196,36 @@ def test_resume_removes_the_scratch_of_killed_trials_of_this_search(searched, ca
 
         shutil.rmtree(dead_other, ignore_errors=True)
         shutil.rmtree(dead, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_child_runs_are_named_by_what_they_are_and_show_their_dataset(searched):
+    """Issue 11 (MLflow UI): a child run is named `tNN <what it is>` (not the search's name and a
+    hash), and carries the search's dataset as an MLflow dataset input (name, source, the content
+    fingerprint as digest), which the runs table shows in its Dataset column."""
+    import json
+
+    from runners.search import trial_label
+    from runners.tracking import DATASET_DIGEST_CHARS
+    from search_spaces import load_space
+
+    client, _, parents, children = search_runs(searched["uri"], "epochs-it")
+    space = load_space(str(searched["tmp"] / "epochs-it.yaml"))
+    fingerprint = parents[0].data.params["dataset.fingerprint"]
+    names = sorted(r.info.run_name for r in children)
+    assert [n.split(" ", 1)[0] for n in names] == ["t01", "t02"], names
+    for run in children:
+        expected = trial_label(space.validate({"epochs": int(run.data.params["epochs"])}))
+        assert run.info.run_name.split(" ", 1)[1] == expected
+        inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
+        assert len(inputs) == 1
+        ds = inputs[0].dataset
+        assert ds.name == parents[0].data.params["dataset.name"]
+        assert ds.digest == fingerprint[:DATASET_DIGEST_CHARS]
+        assert json.loads(ds.profile)["fingerprint"] == fingerprint
+        assert {t.key: t.value for t in inputs[0].tags} == {"mlflow.data.context": "training"}
+    # the label says what varies between architectures
+    base = space.validate({"epochs": 1})
+    other = base.model_copy(update={"model": base.model.model_copy(update={
+        "attention": "cbam", "num_patches": 4, "num_scales": 2, "context_branch": True})})
+    assert trial_label(other).split() == [base.model.backbone, "cbam", "4p", "2s", base.train.loss_weighting, "cci"]
