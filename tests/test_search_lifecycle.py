@@ -227,8 +227,21 @@ def test_storage_replaced_by_a_file_mid_search_ends_the_parent_failed(tmp_path, 
 
     def replace_storage() -> None:  # what a full disk, an unmounted share or a careless `rm -r` does
         wait_for_a_report(db)
-        shutil.rmtree(storage)
-        storage.write_text("no longer a folder")
+        # Ray keeps writing into the folder while it is removed (rmtree then races it: "Directory not
+        # empty"), so it is renamed away in one step and the file put in its place; Ray may make the
+        # folder again between the two, so this repeats until the file stands there
+        for attempt in range(200):
+            try:
+                storage.rename(tmp_path / f"storage-moved-{attempt}")
+            except FileNotFoundError:
+                pass
+            try:
+                with open(storage, "x") as f:
+                    f.write("no longer a folder")
+                return
+            except (FileExistsError, IsADirectoryError):
+                time.sleep(0.01)
+        raise AssertionError(f"{storage} could not be replaced by a file")
 
     saboteur = threading.Thread(target=replace_storage, daemon=True)
     saboteur.start()
