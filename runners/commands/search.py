@@ -40,6 +40,13 @@ def _search(args: argparse.Namespace) -> int:
         print(f"Pareto front ({len(res.pareto_front)} trials; {res.metric} {res.mode}, {res.second_metric} min; "
               "pareto_front.csv on the parent run):")
         print(format_pareto(res.pareto_front, res.metric, res.second_metric))
+    if res.refit:
+        from ..fidelity import format_refit_leaderboard
+
+        print()
+        print(f"refit stage ({len(res.refit)} configurations at full fidelity, mean ± std over seeds; "
+              "refit_leaderboard.csv on the parent run):")
+        print(format_refit_leaderboard(res.refit, res.metric))
     for note in res.notes:
         print(f"note: {note}")
     if res.best_point_path:
