@@ -8,6 +8,8 @@
    those weights: a `val_*` metric (and `pose_accuracy`) at the selected epoch, a `test_*` metric
    as logged once for the selected weights. Higher is better, lower for metrics named `*loss*`.
    Ties go to the trial that started first, then to the smaller run id.
+   A search with a refit stage (runners.fidelity) competes with its refit runs only: the
+   configuration with the best mean figure over its seeds, then its best seed.
 2. The version: the trial's `trial/model.pt` + `trial/model_config.json` are logged as an MLflow
    model (runners.packaging: pt2, uint8 images in, class probabilities out) in the search's
    experiment, linked to the trial run, and registered as a new version of the model with tags

@@ -70,7 +70,7 @@ def test_a_search_stage_trial_trains_on_the_subset_at_the_fidelity_image_size(tm
 
 
 def _space(tmp: Path, name: str) -> Path:
-    d = search_test_space(name=name, presets=["plain"], num_samples=3, max_concurrent=2, seed=3,
+    d = search_test_space(name=name, presets=["plain"], num_samples=2, max_concurrent=2, seed=3,
                           dataset={"format": "synthetic", "n": N_IMAGES, "image_size": 32},
                           scheduler={"type": "asha", "grace_period": 1, "max_t": 1, "reduction_factor": 2},
                           fidelity={"train_fraction": 0.5, "image_size": 24, "refit": {"top_k": 2, "seeds": 2}})
@@ -112,13 +112,15 @@ def _csv(client, run_id: str, path: str, dst: Path):
 def test_a_two_stage_search_refits_the_top_configurations_at_full_fidelity(two_stage):
     res = two_stage["res"]
     n_train = len(_synthetic().indices("train"))
-    half = len(__import__("runners.fidelity", fromlist=["train_subset"]).train_subset(_synthetic(), 0.5, 0).indices("train"))
-    assert res.num_failed == 0 and len(res.leaderboard) == 3
+    from runners.fidelity import train_subset
+
+    half = len(train_subset(_synthetic(), 0.5, 0).indices("train"))
+    assert res.num_failed == 0 and len(res.leaderboard) == 2
     client, _, parents, children = search_runs(two_stage["uri"], "two-stage")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     search = [r for r in children if r.data.tags["fer_automl.stage"] == "search"]
     refit = [r for r in children if r.data.tags["fer_automl.stage"] == "refit"]
-    assert len(search) == 3 and len(refit) == 4
+    assert len(search) == 2 and len(refit) == 4
     # the search stage: half the training images, 24 px
     for r in search:
         assert r.data.tags["fer_automl.fidelity.train_fraction"] == "0.5"
@@ -201,3 +203,65 @@ def test_resuming_a_finished_two_stage_search_reruns_neither_stage(two_stage):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert [r["config"] for r in res.refit] == [r["config"] for r in two_stage["res"].refit]
     assert [r["trial_ids"] for r in res.refit] == [r["trial_ids"] for r in two_stage["res"].refit]
+
+
+def _refit_reports(db: Path) -> int:
+    """Epochs the refit stage's trials have reported to MLflow so far."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as con:
+            return con.execute("select count(*) from metrics m join tags t on t.run_uuid = m.run_uuid where "
+                               "m.key = 'val_balanced_accuracy' and t.key = 'fer_automl.stage' and "
+                               "t.value = 'refit'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_refit_stage_and_resume_continue_the_refit_without_rerunning_the_search(tmp_path):
+    """--resume of a search interrupted in its refit stage reads the search stage back (no new
+    search-stage run) and finishes the refit stage."""
+    import signal
+    import time
+
+    from test_search_lifecycle import finish, start_search
+
+    d = search_test_space(name="refit-ctrl-c", presets=[], num_samples=2, max_concurrent=1,
+                          scheduler={"type": "fifo"}, dataset={"format": "synthetic", "n": N_IMAGES, "image_size": 32},
+                          fidelity={"train_fraction": 0.5, "refit": {"top_k": 1, "seeds": 2}})
+    d["presets"] = {}
+    d["constants"].update({"train.epochs": 2, "model.num_patches": 0})
+    d["dimensions"] = {"lr": {"type": "float", "low": 1e-3, "high": 2e-2, "log": True}}
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(d))
+    db = tmp_path / "mlflow.db"
+    proc = start_search(tmp_path, space, db)
+    deadline = time.time() + 400
+    while _refit_reports(db) < 1:  # the first refit trial is mid-way (1 of 2 epochs)
+        assert proc.poll() is None, "the search ended before its refit stage reported"
+        assert time.time() < deadline, "no refit report in 400 s"
+        time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends, to the process this test started
+    rc, out, err = finish(proc)
+    assert rc == 130, err[-3000:]
+    uri = f"sqlite:///{db}"
+    _, _, parents, children = search_runs(uri, "refit-ctrl-c")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    search_before = {r.info.run_id for r in children if r.data.tags["fer_automl.stage"] == "search"}
+    assert len(search_before) == 2
+
+    proc = start_search(tmp_path, space, db, "--resume")
+    rc, out, err = finish(proc)
+    assert rc == 0, err[-3000:]
+    assert "resume: continuing the refit stage" in out
+    assert "refit stage (1 configurations" in out and "c1 |" in out
+    _, _, parents, children = search_runs(uri, "refit-ctrl-c")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert {r.info.run_id for r in children if r.data.tags["fer_automl.stage"] == "search"} == search_before
+    refit = [r for r in children if r.data.tags["fer_automl.stage"] == "refit"]
+    assert sorted(r.data.tags["fer_automl.seed"] for r in refit) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["fer_automl.status"] == "finished"
+               and r.data.metrics["epoch"] == 2 for r in refit)
