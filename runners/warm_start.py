@@ -214,13 +214,24 @@ def _old_dimensions(client, parent) -> Optional[List[str]]:
 
     import yaml
 
+    import os
+
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     try:
+        if "space.yaml" not in {a.path for a in client.list_artifacts(parent.info.run_id)}:
+            return None
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no bar on stderr
         with tempfile.TemporaryDirectory(prefix="fer-warm-") as d:
             path = client.download_artifacts(parent.info.run_id, "space.yaml", d)
             raw = yaml.safe_load(Path(path).read_text())
         return list((raw or {}).get("dimensions") or {})
     except Exception:  # noqa: BLE001 - no readable space: every param of a trial run is its point
         return None
+    finally:
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 def _check_objective(parent, spec, origin: str, source: str) -> None:
