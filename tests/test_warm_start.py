@@ -154,8 +154,13 @@ def test_the_seeded_study_holds_the_trials_before_the_search_asks(store):
 
 
 def test_two_sources_and_another_store(store, tmp_path):
+    import shutil
+
     import mlflow
 
+    from runners.tracking import sqlite_db_path
+
+    shutil.copy(sqlite_db_path(store), tmp_path / "other.db")  # a store of its own (copied: no migrations)
     other = f"sqlite:///{tmp_path}/other.db"
     _search(mlflow.MlflowClient(other), "b", TRIALS[:1], tmp_path)
     warm = load_warm_start(["a", f"{other}#b"], _space(), _spec(), store)
