@@ -454,13 +454,15 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     check_storage_writable(storage, exp_dir, _storage_source(storage_path, spec, space))
     check_store_writable(uri)
     unpause_tracking(uri)  # a search run before in this process may have paused it
-    warm = None  # --resume: the restored searcher keeps the study it was seeded with
+    warm = None
     if spec.warm_start and not resume:
         from .warm_start import load_warm_start
 
         warm = load_warm_start(spec.warm_start, space, spec, uri, from_flag=bool(warm_start))
         if verbose:
             print("\n".join(warm.summary_lines()), flush=True)
+    elif spec.warm_start and verbose:
+        print("warm start: --resume keeps the study the search was seeded with", flush=True)
 
     grid_fixed, grid_note, grid_param_space = None, None, None
     if spec.algorithm == "grid":  # the grid is enumerated (and its fixed floats named) before anything runs

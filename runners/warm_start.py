@@ -33,7 +33,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from fer_models.errors import UserError
 
-from .tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID, resolve_tracking_uri, sqlite_db_path
+from .tracking import (TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID, _store_errors, _store_reason, resolve_tracking_uri,
+                       sqlite_db_path)
 
 STUDY_NAME = "fer-automl"
 # the user attributes a seeded Optuna trial carries (where it came from)
@@ -257,7 +258,19 @@ def read_source(source: str, space, spec, default_uri: str, from_flag: bool = Tr
     db = sqlite_db_path(uri)
     if db is not None and not db.is_file():  # reading would create an empty store
         raise UserError(f"{origin} {source!r}: the MLflow store {uri} does not exist (no file {db})")
-    client = mlflow.MlflowClient(uri)
+    if uri != default_uri:  # the search's own store was checked already
+        from .tracking import check_tracking_server
+
+        check_tracking_server(uri)
+    try:
+        return _read(mlflow.MlflowClient(uri), source, name, uri, origin, space, spec)
+    except UserError:
+        raise
+    except _store_errors() as exc:
+        raise UserError(f"{origin} {source!r}: could not read the MLflow store {uri}: {_store_reason(exc)}") from None
+
+
+def _read(client, source: str, name: str, uri: str, origin: str, space, spec) -> Tuple[List[WarmTrial], SourceReport]:
     parent = _find_parent(client, name, uri, origin)
     _check_objective(parent, spec, origin, source)
     children = client.search_runs([parent.info.experiment_id],

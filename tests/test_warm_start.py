@@ -170,12 +170,31 @@ def test_two_sources_and_another_store(store, tmp_path):
     assert f"search 'b' on {other}" in warm.report_text()
 
 
+def test_an_unreachable_other_store_is_a_clear_error(store):
+    with pytest.raises(UserError, match=r"tracking server http://127.0.0.1:9 is unreachable"):
+        load_warm_start(["http://127.0.0.1:9#a"], _space(), _spec(), store)
+
+
 def test_multi_objective_needs_both_figures_and_skips_stopped_trials(store):
     spec = _spec(second_objective="params")
     trials, rep = read_source("mo", _space(), spec, store)
     assert [(t.trial_id, t.state, t.values, t.intermediate) for t in trials] == [("t1", "COMPLETE", [0.5, 1.5e6], {})]
     assert rep.skipped == ["trial t2 (run " + rep.skipped[0].split("(run ")[1].split(")")[0]
                            + "): stopped early: Optuna's TPE cannot rank a stopped trial in a multi-objective study"]
+    # the study gets both values, and the searcher asks with two objectives
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search_spaces import to_optuna
+
+    warm = load_warm_start(["mo"], _space(), spec, store)
+    sampler = optuna.samplers.TPESampler(seed=0)
+    searcher = OptunaSearch(space=to_optuna(_space()), metric=[METRIC, "params"], mode=["max", "min"],
+                            sampler=sampler, **warm.searcher_kwargs(_space(), ["max", "min"], sampler))
+    assert [t.values for t in searcher._ot_study.get_trials()] == [[0.5, 1.5e6]]
+    searcher.suggest("own")
+    searcher.on_trial_complete("own", {METRIC: 0.4, "params": 1e6})
+    assert [r["values"] for r in warm.study_trials()] == [[0.5, 1.5e6], [0.4, 1e6]]
     with pytest.raises(UserError, match=r"'a'.*multi-objective.*second objective was None"):
         read_source("a", _space(), spec, store)
 
