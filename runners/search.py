@@ -144,7 +144,7 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
 # the flag of `fer-automl search` that sets each key of the search spec (named in its errors)
 SPEC_FLAGS = {"name": "--name", "num_samples": "--num-samples", "storage_path": "--storage-path",
               "address": "--address", "tracking_uri": "--tracking-uri", "dataset.path": "--data",
-              "dataset.format": "--format", "dataset.skip_corrupt": "--skip-corrupt"}
+              "dataset.format": "--format", "dataset.skip_corrupt": "--skip-corrupt", "warm_start": "--warm-start"}
 # what a dataset of another format keeps of the space's `search.dataset` (the rest, such as the
 # synthetic generator's n, num_classes, pose and seed, belongs to the space's own data)
 KEPT_ACROSS_FORMATS = ("image_size", "skip_corrupt")
@@ -253,7 +253,7 @@ def grid_settings(space, spec):
     return values, fixed, note
 
 
-def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str, Any]] = None):
+def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str, Any]] = None, warm=None):
     """(search algorithm, Tune param space); a grid search's param space is the one run_search
     enumerated before anything started.
 
@@ -283,8 +283,10 @@ def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str,
                         else ([spec.metric, spec.second_metric], [spec.mode, "min"]))
         sampler = (optuna.samplers.TPESampler(seed=spec.seed) if spec.algorithm == "tpe"
                    else optuna.samplers.RandomSampler(seed=spec.seed))
+        # warm start (runners.warm_start): the study OptunaSearch loads already holds earlier trials
+        seeded = warm.searcher_kwargs(space, mode if isinstance(mode, list) else [mode], sampler) if warm else {}
         return OptunaSearch(space=to_optuna(space), metric=metric, mode=mode, sampler=sampler,
-                            points_to_evaluate=presets or None), {}
+                            points_to_evaluate=presets or None, **seeded), {}
     if spec.algorithm == "grid":
         points = grid_param_space[POINT_KEY]["grid_search"]
         first: List[Dict[str, Any]] = []
@@ -436,7 +438,7 @@ def _ends_its_parent_run(run):
 def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[str] = None, format: Optional[str] = None,
                num_samples: Optional[int] = None, storage_path: Optional[str] = None, address: Optional[str] = None,
                tracking_uri: Optional[str] = None, resume: bool = False, skip_corrupt: bool = False,
-               verbose: int = 1) -> SearchResult:
+               verbose: int = 1, warm_start: Optional[List[str]] = None) -> SearchResult:
     from fer_models.errors import UserError
     from search_spaces import load_space
     from search_spaces.spec import search_name_error
@@ -445,7 +447,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     space = load_space(space_file)
     spec = _merge_spec(space, dict(name=name, data=data, format=format, num_samples=num_samples,
                                    storage_path=storage_path, address=address, tracking_uri=tracking_uri,
-                                   skip_corrupt=skip_corrupt))
+                                   skip_corrupt=skip_corrupt, warm_start=warm_start or None))
     name = spec.name or Path(space.where).stem
     if search_name_error(name):  # a name from the file's stem (`search.name` and --name are checked with the spec)
         raise UserError(f"{space.where}: the search is named after the file: {search_name_error(name)}; "
@@ -460,6 +462,15 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     check_storage_writable(storage, exp_dir, _storage_source(storage_path, spec, space))
     check_store_writable(uri)
     unpause_tracking(uri)  # a search run before in this process may have paused it
+    warm = None
+    if spec.warm_start and not resume:
+        from .warm_start import load_warm_start
+
+        warm = load_warm_start(spec.warm_start, space, spec, uri, from_flag=bool(warm_start))
+        if verbose:
+            print("\n".join(warm.summary_lines()), flush=True)
+    elif spec.warm_start and verbose:
+        print("warm start: --resume keeps the study the search was seeded with", flush=True)
 
     grid_fixed, grid_note, grid_param_space = None, None, None
     if spec.algorithm == "grid":  # the grid is enumerated (and its fixed floats named) before anything runs
@@ -520,6 +531,8 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         if space_text:
             client.log_text(parent.info.run_id, space_text, "space.yaml")
         client.log_text(parent.info.run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "search_spec.yaml")
+        if warm is not None:
+            warm.record(client, parent.info.run_id)
         if data_warnings:
             client.log_text(parent.info.run_id, "\n".join(data_warnings) + "\n", "data_warnings.txt")
     parent_id = parent.info.run_id
@@ -564,7 +577,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
             print(f"resume: removed {len(removed)} scratch folder(s) of killed trials of {name!r}", flush=True)
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=not in_refit, resume_errored=not in_refit)
     else:
-        searcher, param_space = _searcher(space, spec, max_epochs, grid_param_space)
+        searcher, param_space = _searcher(space, spec, max_epochs, grid_param_space, warm=warm)
         if spec.fidelity is not None:  # beside the point (runners.fidelity): every search-stage trial's fidelity
             from .fidelity import FIDELITY_KEY
 
@@ -576,6 +589,8 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     mark("fit_start")
     grid = tuner.get_results() if in_refit else _fit(tuner)
     _raise_if_interrupted(name)
+    if warm is not None:  # the study as it ended: the seeded trials, then the search's own
+        guarded(uri, warm.record_study, client, parent_id)
     res = _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, end_parent=refit_spec is None)
     if grid_note:
         res.notes.insert(0, grid_note)

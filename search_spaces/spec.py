@@ -38,6 +38,13 @@ def search_name_error(name: str) -> Optional[str]:
     return None
 
 
+def warm_start_source_error(entry: str) -> Optional[str]:
+    """What is wrong with a `warm_start` entry (NAME or URI#NAME), or None."""
+    name = entry.rsplit("#", 1)[1] if "#" in entry and "://" in entry.split("#", 1)[0] else entry
+    why = search_name_error(name)
+    return f"warm start source {entry!r}: {why}" if why else None
+
+
 class DatasetSpec(_Strict):
     """Which data a search trains on (read by `runners.data`)."""
 
@@ -154,6 +161,25 @@ class SearchSpec(_Strict):
     fidelity: Optional[FidelitySpec] = Field(
         None, description="two-stage search: trials at reduced fidelity (train_fraction, image_size), then the "
                           "top_k configurations refit at full fidelity with several seeds (refit:)")
+    warm_start: List[str] = Field(default_factory=list, description="earlier searches whose trials seed the tpe "
+                                                                    "sampler: NAME (same MLflow store) or URI#NAME")
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_sources(cls, v: List[str]) -> List[str]:
+        for entry in v:
+            why = warm_start_source_error(entry)
+            if why:
+                raise ValueError(why)
+        return v
+
+    @model_validator(mode="after")
+    def _warm_start_tpe(self) -> "SearchSpec":
+        if self.warm_start and self.algorithm != "tpe":
+            raise ValueError(f"warm_start {self.warm_start}: warm start seeds the tpe sampler with past trials; "
+                             f"algorithm {self.algorithm!r} does not learn from them (random draws each point "
+                             "independently, grid enumerates a fixed list): use algorithm: tpe")
+        return self
 
     @field_validator("name")
     @classmethod

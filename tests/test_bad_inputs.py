@@ -682,6 +682,69 @@ CASES_SEARCH: List[Case] = [
          ["tracking server http://127.0.0.1:9 is unreachable"]),
 ]
 
+# --- warm start (issue 11, item 3): the earlier searches a search is seeded with ----------------
+def warm_store(search: Optional[dict] = None) -> Callable[[Path], Dict[str, str]]:
+    """`search_space(search)` plus a SQLite store `w.db` (a copy of one made once per session) with
+    searches `loss` (optimised val_loss), `f` (its one trial failed) and `misfit` (one finished
+    trial whose point has a dimension this space lacks)."""
+    def build(path: Path) -> None:
+        import mlflow
+
+        from runners.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS
+
+        client = mlflow.MlflowClient(f"sqlite:///{path}")
+        for name, status, metric in (("loss", "finished", "val_loss"), ("f", "failed", "val_balanced_accuracy"),
+                                     ("misfit", "finished", "val_balanced_accuracy")):
+            exp = client.create_experiment(name, artifact_location=str(path.parent / "art"))
+            parent = client.create_run(exp, tags={TAG_KIND: "search", TAG_SEARCH: name})
+            client.log_param(parent.info.run_id, "metric", metric)
+            child = client.create_run(exp, tags={TAG_KIND: "trial", TAG_SEARCH: name, TAG_STATUS: status,
+                                                 "mlflow.parentRunId": parent.info.run_id})
+            for k, v in ({"lr": "0.005", "attention": "se"} if name == "misfit" else {"lr": "0.005"}).items():
+                client.log_param(child.info.run_id, k, v)
+            client.log_metric(child.info.run_id, metric, 0.5, step=1)
+
+    def setup(tmp: Path) -> Dict[str, str]:
+        import shutil
+        import tempfile
+
+        if "warm" not in _STORE_TEMPLATE:
+            folder = Path(tempfile.mkdtemp(prefix="fer-battery-warm-"))
+            build(folder / "w.db")
+            _STORE_TEMPLATE["warm"] = folder / "w.db"
+        shutil.copy(_STORE_TEMPLATE["warm"], tmp / "w.db")
+        return {**search_space(search)(tmp), "db": f"sqlite:///{tmp / 'w.db'}"}
+    return setup
+
+
+W = S + ["--tracking-uri", "{db}", "--warm-start"]
+CASES_SEARCH += [
+    Case("search-warm-start-unknown-search", W + ["nope"],
+         ["--warm-start 'nope'", "no search of that name", "w.db", "searches there: f, loss, misfit"], warm_store()),
+    Case("search-warm-start-no-finished-trial", W + ["f"], ["--warm-start 'f'", "no finished trial", "1 failed"],
+         warm_store()),
+    Case("search-warm-start-other-metric", W + ["loss"],
+         ["--warm-start 'loss'", "optimised val_loss", "this one optimises val_balanced_accuracy (max)"], warm_store()),
+    Case("search-warm-start-nothing-fits", W + ["misfit"],
+         ["--warm-start 'misfit'", "none of the 1 trials", "unknown dimension 'attention'"], warm_store()),
+    Case("search-warm-start-other-store-missing", W + ["sqlite:///{tmp}/none.db#a"],
+         ["--warm-start 'sqlite:///", "none.db", "does not exist"], warm_store()),
+    Case("search-warm-start-other-store-unreachable", W + ["http://127.0.0.1:9#a"],
+         ["tracking server http://127.0.0.1:9 is unreachable"], warm_store()),
+    Case("search-yaml-warm-start-unknown-search", S + ["--tracking-uri", "{db}"],
+         ["search.warm_start in", "space.yaml", "'nope'", "no search of that name"], warm_store({"warm_start": ["nope"]})),
+    Case("search-warm-start-default-store-missing", S + ["--warm-start", "a"], ["mlflow.db", "does not exist"],
+         search_space()),
+    Case("search-warm-start-bad-name", S + ["--warm-start", "a/b"], ["--warm-start", "'a/b'", "one folder name"],
+         search_space()),
+    Case("search-warm-start-with-random", S + ["--warm-start", "a"], ["algorithm 'random' does not learn", "tpe"],
+         search_space({"algorithm": "random"})),
+    Case("search-yaml-warm-start-with-grid", S, ["search", "algorithm 'grid' does not learn", "tpe"],
+         search_space({"algorithm": "grid", "warm_start": ["a"]})),
+    Case("search-yaml-warm-start-not-a-list", S, ["space.yaml", "search.warm_start", "valid list"],
+         search_space({"warm_start": "a"})),
+]
+
 CASES_PROMOTE: List[Case] = [
     Case("promote-force-without-reason", ["promote", "--search", "x", "--force",
                                           "--tracking-uri", "sqlite:///{tmp}/m.db"], ["--reason"]),
