@@ -262,10 +262,8 @@ def run_refit_stage(*, search_rows: List[Dict[str, Any]], spec, exp_dir: str, re
 
     refit = spec.fidelity.refit
     path = f"{exp_dir.rstrip('/')}/{REFIT_DIR}"
-    if resume and tune.Tuner.can_restore(path):
-        if verbose:
-            print(f"resume: continuing the refit stage at {path}", flush=True)
-        return fit(make_tuner(restore_path=path))
+    restoring = resume and tune.Tuner.can_restore(path)
+    # the search stage is over: its leaderboard, hence the cases, are the same on every --resume
     chosen = refit_choices(search_rows, spec.metric, refit.top_k)
     if len(chosen) < refit.top_k:
         notes.append(f"refit: {len(chosen)} of top_k={refit.top_k} configurations refit: the search stage produced "
@@ -273,8 +271,6 @@ def run_refit_stage(*, search_rows: List[Dict[str, Any]], spec, exp_dir: str, re
     if not chosen:
         return None
     cases = refit_cases(chosen, refit.seeds, spec.metric)
-    if verbose:
-        print(f"refit stage: {len(chosen)} configuration(s) x {refit.seeds} seed(s) at full fidelity", flush=True)
     # a grid over the case index, the point and the fidelity looked up from it: Ray's
     # points_to_evaluate cannot carry a point whose keys differ from case to case (conditional dimensions)
     from search_spaces import POINT_KEY
@@ -282,13 +278,20 @@ def run_refit_stage(*, search_rows: List[Dict[str, Any]], spec, exp_dir: str, re
     param_space = {CASE_KEY: tune.grid_search(list(range(len(cases)))),
                    POINT_KEY: tune.sample_from(_Pick(cases, POINT_KEY)),
                    FIDELITY_KEY: tune.sample_from(_Pick(cases, FIDELITY_KEY))}
+    if restoring:
+        if verbose:
+            print(f"resume: continuing the refit stage at {path}", flush=True)
+        # Ray keeps no functions of a param space in its saved state: the same one is given again
+        return fit(make_tuner(restore_path=path, param_space=param_space))
+    if verbose:
+        print(f"refit stage: {len(chosen)} configuration(s) x {refit.seeds} seed(s) at full fidelity", flush=True)
     gen = BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0)
     return fit(make_tuner(param_space=param_space, search_alg=gen, num_samples=1))
 
 
 class _Pick:
-    """`tune.sample_from` of one part of the refit case the trial's CASE_KEY names (picklable: it
-    travels in the refit stage's saved state, for --resume)."""
+    """`tune.sample_from` of one part of the refit case the trial's CASE_KEY names (Ray saves a
+    placeholder in its place: --resume gives the same param space again)."""
 
     def __init__(self, cases: List[Dict[str, Any]], key: str):
         self.cases, self.key = cases, key

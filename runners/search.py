@@ -587,7 +587,11 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
             num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
             max_concurrent_trials=spec.max_concurrent if is_searcher(searcher) else None))
     mark("fit_start")
-    grid = tuner.get_results() if in_refit else _fit(tuner)
+    if in_refit:  # the search stage's results as they were saved: nothing of it runs again
+        INTERRUPTED.clear()
+        grid = tuner.get_results()
+    else:
+        grid = _fit(tuner)
     _raise_if_interrupted(name)
     if warm is not None:  # the study as it ended: the seeded trials, then the search's own
         guarded(uri, warm.record_study, client, parent_id)
@@ -599,7 +603,8 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
 
         def make_tuner(param_space=None, search_alg=None, num_samples=None, restore_path=None):
             if restore_path is not None:
-                return tune.Tuner.restore(restore_path, trainable, resume_unfinished=True, resume_errored=True)
+                return tune.Tuner.restore(restore_path, trainable, param_space=param_space, resume_unfinished=True,
+                                          resume_errored=True)
             refit_tracker = make_tracker(**tracker_args)  # its own: numbering goes on from the search's runs
             return tune.Tuner(trainable, param_space=param_space, run_config=tune.RunConfig(
                 name=REFIT_DIR, storage_path=exp_dir, callbacks=[refit_tracker, interrupt_watch()], verbose=verbose,

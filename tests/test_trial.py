@@ -201,7 +201,8 @@ def test_a_resumed_trial_trains_exactly_as_an_uninterrupted_one(synth, tmp_path)
     per-epoch metrics equal an uninterrupted run on CPU."""
     cfg = _cfg(epochs=2, dropout=0.3, num_patches=0)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"class_balance": "resample"})})
-    keys = ("train_loss", "val_loss", "val_objective", "val_accuracy", "val_balanced_accuracy")
+    # image_epochs (issue 11): the compute count goes on from the checkpoint, not from zero
+    keys = ("train_loss", "val_loss", "val_objective", "val_accuracy", "val_balanced_accuracy", "image_epochs")
 
     whole = []
     run_trial(cfg, synth, out_dir=tmp_path / "whole", report=lambda m, c: whole.append({k: m[k] for k in keys}))
