@@ -142,3 +142,16 @@ def test_unified_space_offers_the_compact_backbones_and_fercnn_knobs_only_on_fer
         assert cfg.model.fercnn_depth == point["fercnn_depth"]
         return
     pytest.fail("no valid fercnn point in 50 draws")
+
+
+def test_a_fercnn_model_exports_for_serving():
+    """The quick start promotes a fercnn trial: its model must pass torch.export like the presets."""
+    import numpy as np
+
+    from runners.packaging import FERInference, export_inference_module
+
+    model = build_model(ModelConfig(backbone="fercnn", num_patches=4, attention="cbam", num_scales=2,
+                                    local_aggregation="max"), image_size=48)
+    model.set_keep_attention_maps(False)
+    module = FERInference(model, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).eval()
+    export_inference_module(module, np.zeros((2, 48, 48, 3), np.uint8), where="fercnn")
