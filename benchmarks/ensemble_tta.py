@@ -11,6 +11,7 @@
 
     PYTHONPATH=. python benchmarks/ensemble_tta.py [--data /work/shared/data/cmu_faces] [--format cmu_faces]
         [--trials 6] [--epochs 6] [--image-size 48] [--k 3] [--threads 1]
+    PYTHONPATH=. python benchmarks/ensemble_tta.py --format synthetic --n 1400 --image-size 32
 
 Prints Markdown tables.
 """
@@ -66,6 +67,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="/work/shared/data/cmu_faces")
     ap.add_argument("--format", default="cmu_faces")
+    ap.add_argument("--n", type=int, default=1400, help="--format synthetic: number of images")
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--image-size", type=int, default=48)
@@ -90,12 +92,17 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fer-ensemble-bench-"))
     uri = f"sqlite:///{tmp}/mlflow.db"
     name = "ensemble-bench"
+    if args.format == "synthetic":  # generated faces: --n images stored at --image-size
+        dataset = {"format": "synthetic", "n": args.n, "image_size": args.image_size, "seed": args.seed}
+        args.data = None
+    else:
+        dataset = {"format": args.format, "path": args.data, "seed": args.seed}
     space = {
         "dimensions": {"lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
                        "weight_decay": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}},
         "constants": {"model.backbone": args.backbone, "train.epochs": args.epochs, "train.batch_size": 32,
                       "train.optimizer": "adamw", "data.image_size": args.image_size, "data.aug_strength": 0.3},
-        "search": {"name": name, "dataset": {"format": args.format, "path": args.data, "seed": args.seed},
+        "search": {"name": name, "dataset": dataset,
                    "algorithm": "random", "seed": args.seed, "scheduler": {"type": "fifo"},
                    "num_samples": args.trials, "max_concurrent": 2, "resources": {"cpu": 1, "gpu": 0},
                    "max_failures": 0},
@@ -118,7 +125,9 @@ def main() -> int:
     for i, c in enumerate(cands):
         art = download_weights(client, c.run_id, tmp / f"m{i}")
         members.append(Member(c, art, *build_inference_module(art)))
-    ds = load_dataset(args.format, args.data, image_size=max(m.meta["image_size"] for m in members), seed=args.seed)
+    opts = {"n": args.n, "size": args.image_size} if args.format == "synthetic" else {}
+    ds = load_dataset(args.format, args.data, image_size=max(m.meta["image_size"] for m in members), seed=args.seed,
+                      **opts)
 
     rows = []
     cols = ("accuracy", "balanced_accuracy", "macro_f1")

@@ -99,6 +99,9 @@ def top_k(client, name: str, metric: str, k: int, uri: str) -> tuple:
             continue
         epoch = selected_epoch(client, r)
         cands.append(Candidate(r, selected_value(client, r, metric, epoch), epoch))
+    if not cands:
+        raise PromoteError(f"--search {name!r}: no finished trial with {metric} logged to make an ensemble of "
+                           f"(of {len(children)} trial runs)")
     if len(cands) < k:
         where = f"{stage}-stage " if stage == REFIT else ""
         raise PromoteError(f"--ensemble {k}: search {name!r} has only {len(cands)} finished {where}trial(s) with "
@@ -367,7 +370,7 @@ def promote_ensemble(*, search: Optional[str], run_id: Optional[str] = None, k: 
         result.forced = True
     client.set_registered_model_alias(model_name, alias, version.version)
     result.moved = True
-    msgs.append(f"alias {alias!r}: {'version ' + holder.version if holder else 'no version'} -> version "
+    msgs.append(f"alias {alias!r}: {f'version {holder.version}' if holder else 'no version'} -> version "
                 f"{version.version}" + (f" (forced: {reason.strip()})" if result.forced else f"; {why}"))
     msgs.append(f"use it: models:/{model_name}@{alias}")
     return result

@@ -242,7 +242,8 @@ def test_promote_ensemble_registers_the_mean_of_the_top_two(ensemble, tmp_path):
     assert t["fer_automl.ensemble.stage"] == "search"
     listed = json.loads(t["fer_automl.ensemble.members"])
     assert [m["run_id"] for m in listed] == top2
-    assert listed[0]["val_balanced_accuracy"] == pytest.approx(selected_value(client, ranked[0], "val_balanced_accuracy"))
+    best = selected_value(client, ranked[0], "val_balanced_accuracy")
+    assert listed[0]["val_balanced_accuracy"] == pytest.approx(best)
     assert t["fer_automl.ensemble.member.1"].startswith(top2[1])
     assert "fer_automl.run_id" not in t  # a single promote of a member must not find the ensemble as its version
     images = _images()
@@ -284,9 +285,8 @@ def test_predict_and_evaluate_use_the_ensemble(ensemble, tmp_path, capsys, monke
         p = tmp_path / f"f{i}.png"
         cv2.imwrite(str(p), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
         paths.append(str(p))
-    want = _members_by_hand(client, json.loads(version.tags["fer_automl.ensemble.members"]) and
-                            [m["run_id"] for m in json.loads(version.tags["fer_automl.ensemble.members"])],
-                            images, tmp_path / "w")
+    member_ids = [m["run_id"] for m in json.loads(version.tags["fer_automl.ensemble.members"])]
+    want = _members_by_hand(client, member_ids, images, tmp_path / "w")
     capsys.readouterr()
     rc = main(["predict", "--model", f"models:/{MODEL}@champion", "--tracking-uri", uri, "--json", *paths])
     assert rc == 0
@@ -301,7 +301,7 @@ def test_predict_and_evaluate_use_the_ensemble(ensemble, tmp_path, capsys, monke
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     members = report["ensemble_members"]
-    assert [m["run_id"] for m in members] == [m["run_id"] for m in json.loads(version.tags["fer_automl.ensemble.members"])]
+    assert [m["run_id"] for m in members] == member_ids
     assert all(m["num_images"] == report["num_images"] for m in members)
     # each member's row is its own model on the same images: its test accuracy equals the trial's own
     # (same data, same split, same pixels) as logged on its run

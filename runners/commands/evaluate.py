@@ -102,7 +102,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                                         extra_metrics=member_metrics(members, ev.split))
         if args.json:
             extra = {"ensemble_members": members} if members else {}
-            print(json.dumps({**ev.to_json(), **extra, "mlflow": {**logged, "tracking_uri": tracking} if logged else None,
+            print(json.dumps({**ev.to_json(), **extra,
+                              "mlflow": {**logged, "tracking_uri": tracking} if logged else None,
                               "model_version": {"name": ref.name, "version": ref.version} if ref and ref.name else None},
                              indent=1))
             return 0
