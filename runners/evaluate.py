@@ -321,7 +321,8 @@ def eval_tag_key(ev: Evaluation) -> str:
 
 
 def log_evaluation(ev: Evaluation, ref: ModelRef, *, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT,
-                   params: Optional[Dict[str, Any]] = None, artifacts_dir: Optional[Path] = None) -> Dict[str, str]:
+                   params: Optional[Dict[str, Any]] = None, artifacts_dir: Optional[Path] = None,
+                   extra_metrics: Optional[Dict[str, float]] = None) -> Dict[str, str]:
     """One evaluation run (tag fer_automl.kind=evaluation) with the metrics, tags linking the model
     version and the dataset, the confusion matrix PNG and the JSON report; for registry URIs a tag
     on the model version names the run. Returns {'run_id', 'experiment_id', 'model_version_tag'}."""
@@ -367,7 +368,7 @@ def log_evaluation(ev: Evaluation, ref: ModelRef, *, tracking_uri: str, experime
             **{k: str(v) for k, v in (params or {}).items()},
         }
         writer.params(run_id, {k: str(v)[:6000] for k, v in all_params.items()})
-        writer.metric(run_id, ev.mlflow_metrics(), step=0)
+        writer.metric(run_id, {**ev.mlflow_metrics(), **(extra_metrics or {})}, step=0)  # extra: an ensemble's members
         writer.flush(run_id)
         with tempfile.TemporaryDirectory(prefix="fer-eval-") as tmp:
             for f in write_artifacts(ev, Path(artifacts_dir) if artifacts_dir else Path(tmp)):

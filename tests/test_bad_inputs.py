@@ -771,6 +771,19 @@ CASES_PROMOTE: List[Case] = [
          ["--run '0123456789abcdef'", "no such run"], setup=mlflow_store()),
     Case("promote-run-not-a-trial", ["promote", "--run", "{plain_run}", "--tracking-uri", "{db}"],
          ["is not a fer-automl trial run"], setup=mlflow_store("runs")),
+    # ensembles (runners/ensemble.py)
+    Case("promote-ensemble-zero", ["promote", "--search", "s", "--ensemble", "0", "--tracking-uri", "{db}"],
+         ["--ensemble 0", ">= 1"], setup=mlflow_store("runs")),
+    Case("promote-ensemble-not-a-number", ["promote", "--search", "s", "--ensemble", "two"],
+         ["--ensemble", "invalid int value", "'two'"]),
+    Case("promote-ensemble-more-than-finished", ["promote", "--search", "s", "--ensemble", "2",
+                                                 "--tracking-uri", "{db}"],
+         ["--ensemble 2", "search 's' has only 1 finished trial"], setup=mlflow_store("runs")),
+    Case("promote-tta-unknown", ["promote", "--search", "s", "--ensemble", "2", "--tta", "rotate",
+                                 "--tracking-uri", "{db}"], ["--tta 'rotate'", "none, flip"], setup=mlflow_store("runs")),
+    Case("promote-ensemble-with-run", ["promote", "--run", "0123456789abcdef", "--ensemble", "2",
+                                       "--tracking-uri", "{db}"], ["--ensemble", "--search NAME, not --run"],
+         setup=mlflow_store("runs")),
 ]
 
 ALL_CASES = (CASES_CLI + CASES_MODELS_SPACES + CASES_DATA_PREDICT_EVALUATE + CASES_TRAIN

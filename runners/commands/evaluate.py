@@ -47,6 +47,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from fer_models.errors import UserError, UserPathError
 
     from ..data import get_reader, load_dataset
+    from ..ensemble import evaluate_members, member_metrics
     from ..evaluate import check_output_dir, evaluate_dataset, log_evaluation, resolve_model_ref, write_artifacts
     from ..packaging import load_fer_model
     from ..predict import FaceDetector
@@ -87,6 +88,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         ds = load_dataset(args.format, args.data, image_size=None if detector else predictor.image_size,
                           seed=args.seed, skip_corrupt=args.skip_corrupt, **opts)
         ev = evaluate_dataset(predictor, ds, args.split, detector=detector)
+        members = evaluate_members(predictor, ds, args.split, detector=detector)  # [] unless an ensemble
         logged = {}
         if args.output_dir is not None:
             write_artifacts(ev, args.output_dir)
@@ -96,13 +98,16 @@ def _evaluate(args: argparse.Namespace) -> int:
                 logged = log_evaluation(ev, ref, tracking_uri=tracking, experiment=args.experiment,
                                         params={"seed": args.seed, "format": args.format,
                                                 "detect_faces": bool(detector),
-                                                **{f"option.{k}": v for k, v in opts.items()}})
+                                                **{f"option.{k}": v for k, v in opts.items()}},
+                                        extra_metrics=member_metrics(members, ev.split))
         if args.json:
-            print(json.dumps({**ev.to_json(), "mlflow": {**logged, "tracking_uri": tracking} if logged else None,
+            extra = {"ensemble_members": members} if members else {}
+            print(json.dumps({**ev.to_json(), **extra,
+                              "mlflow": {**logged, "tracking_uri": tracking} if logged else None,
                               "model_version": {"name": ref.name, "version": ref.version} if ref and ref.name else None},
                              indent=1))
             return 0
-        _print_report(ev, ref, logged, tracking, args)
+        _print_report(ev, ref, logged, tracking, args, members, (predictor.meta.get("ensemble") or {}).get("tta"))
         return 0
 
 
@@ -110,7 +115,7 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def _print_report(ev, ref, logged, tracking, args) -> None:
+def _print_report(ev, ref, logged, tracking, args, members=(), tta=None) -> None:
     model = f"{ev.model_uri}" + (f"  ({ref.name} version {ref.version})" if ref and ref.name else "")
     print(f"model:   {model}")
     print(f"data:    {ev.dataset['name']} ({ev.dataset['source']}), split {ev.split}: "
@@ -133,6 +138,13 @@ def _print_report(ev, ref, logged, tracking, args) -> None:
     print(f"{'metric':<20}{'value':>8}")
     for k in ("accuracy", "balanced_accuracy", "macro_f1"):
         print(f"{k:<20}{ev.metrics[k]:>8.4f}")
+    if members:
+        from ..ensemble import members_table
+
+        print()
+        print(f"members and ensemble on the same {ev.num_images} images:")
+        for line in members_table(ev, members, tta):
+            print("  " + line)
     print()
     print(f"{'class':<12}{'images':>8}{'recall':>9}{'precision':>11}{'f1':>8}")
     for c, row in ev.per_class.items():

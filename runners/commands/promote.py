@@ -19,6 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="move the alias even when the version does not beat the "
                                                         "holder (needs --reason)")
     p.add_argument("--reason", help="why --force: recorded as a tag on the version")
+    p.add_argument("--ensemble", type=int, metavar="K", default=None,
+                   help="register one model averaging the softmax of the search's top-K trials (the refit stage's "
+                        "where the search has one; see runners/ensemble.py)")
+    p.add_argument("--tta", default=None, metavar="{none,flip}",
+                   help="test-time augmentation inside the registered model: flip averages each image with its "
+                        "mirror (alone: the best trial with flip TTA)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.set_defaults(func=_promote)
 
@@ -30,8 +36,16 @@ def _promote(args: argparse.Namespace) -> int:
 
     if args.force and not (args.reason or "").strip():
         raise PromoteError("--force needs --reason TEXT (it is recorded on the version)")
-    res = promote(search=args.search, run_id=args.run_id, model_name=args.model_name, alias=args.alias,
-                  metric=args.metric, force=args.force, reason=args.reason, tracking_uri=args.tracking_uri)
+    if args.ensemble is not None or args.tta is not None:
+        from ..ensemble import promote_ensemble
+
+        res = promote_ensemble(search=args.search, run_id=args.run_id, k=args.ensemble, tta=args.tta,
+                               model_name=args.model_name, alias=args.alias, metric=args.metric, force=args.force,
+                               reason=args.reason, tracking_uri=args.tracking_uri)
+    else:
+        res = promote(search=args.search, run_id=args.run_id, model_name=args.model_name, alias=args.alias,
+                      metric=args.metric, force=args.force, reason=args.reason,
+                      tracking_uri=args.tracking_uri)
     for line in res.messages:
         print(line, file=sys.stderr if line.startswith("refused") else sys.stdout)
     return EXIT_REFUSED if res.refused else 0
