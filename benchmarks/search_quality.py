@@ -490,8 +490,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         from runners import ray_cluster
 
         ray_cluster.init_ray(None)  # once, before any arm: no arm pays Ray's start-up
-        for dataset in datasets:
-            for r in range(args.repeats):
+        for r in range(args.repeats):  # repeat by repeat, so that a run stopped early has as many of each dataset
+            for dataset in datasets:
                 repeats.append(run_repeat(dataset, r, args, folder, uri))
                 print(f"[{time.time() - started:.0f} s] {dataset} repeat {r}: budget {repeats[-1]['budget']:,.0f} "
                       f"image-epochs", flush=True)
