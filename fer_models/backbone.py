@@ -15,16 +15,23 @@ import torch
 from torch import nn
 from timm.models._features import FeatureDictNet
 
+from . import fercnn  # noqa: F401 - registers the `fercnn` timm model
 from .errors import UserError
 
 log = logging.getLogger(__name__)
 
+# Backbones sized for 48-64 px faces on a CPU budget (issue 11, item 8): timm's small ImageNet nets
+# and fercnn (fer_models/fercnn.py, width and depth in ModelConfig). All build through `Backbone`,
+# truncated, under every branch type (tests/test_compact_backbones.py).
+COMPACT_BACKBONES = ("fercnn", "resnet10t", "mobilenetv3_small_100", "mobilenetv3_small_050", "lcnet_100",
+                     "lcnet_075", "lcnet_050", "ghostnet_100", "ghostnet_050")
+
 
 class Backbone(nn.Module):
-    def __init__(self, name: str, keep: Sequence[int], in_chans: int = 3):
+    def __init__(self, name: str, keep: Sequence[int], in_chans: int = 3, **model_kwargs):
         super().__init__()
-        try:
-            body = timm.create_model(name, pretrained=False, features_only=True, in_chans=in_chans)
+        try:  # model_kwargs: the architecture knobs of a backbone that has them (fercnn's width, depth)
+            body = timm.create_model(name, pretrained=False, features_only=True, in_chans=in_chans, **model_kwargs)
         except RuntimeError as exc:  # timm: "Unknown model (x)" / features_only unsupported
             raise UserError(f"backbone {name!r} cannot be built by timm with features_only=True: {exc}") from None
         if (getattr(body, "pretrained_cfg", None) or {}).get("fixed_input_size"):

@@ -22,7 +22,11 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- backbone --------------------------------------------------------------------
-    backbone: str = Field("resnet18", description="any timm CNN that supports features_only")
+    backbone: str = Field("resnet18", description="any timm CNN that supports features_only, or 'fercnn' (fer_models.fercnn)")
+    fercnn_width: Optional[int] = Field(
+        None, ge=4, le=256, description="backbone 'fercnn' only: first stage's channels, doubled per stage (None: 16)")
+    fercnn_depth: Optional[int] = Field(
+        None, ge=1, le=8, description="backbone 'fercnn' only: separable residual blocks per stage (None: 1)")
     pretrained_path: Optional[str] = Field(
         None, description="local state-dict file (torch.load(weights_only=True)); never a download")
     in_chans: int = Field(3, ge=1, le=64)
@@ -96,6 +100,11 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelConfig":
+        if self.backbone != "fercnn":
+            given = [f"{k}={getattr(self, k)}" for k in ("fercnn_width", "fercnn_depth") if getattr(self, k) is not None]
+            if given:
+                raise UserError(f"{', '.join(given)} applies to backbone 'fercnn' only, not {self.backbone!r} "
+                                "(a timm backbone's width and depth are its name: resnet10t, lcnet_050, ...)")
         if self.pose_head and not self.num_pose_classes:
             raise UserError("pose_head is true but num_pose_classes is not set (need >= 2 pose classes)")
         if self.head == "concat_l2" and self.num_patches == 0:
@@ -106,6 +115,15 @@ class ModelConfig(BaseModel):
         if self.global_branch == "multiscale" and self.global_stage is not None:
             raise UserError("global_stage applies to global_branch='backbone' only (multiscale reads the split stage)")
         return self
+
+    @property
+    def backbone_kwargs(self) -> dict:
+        """The architecture knobs passed to the backbone's builder (fercnn's width and depth)."""
+        if self.backbone != "fercnn":
+            return {}
+        from .fercnn import DEFAULT_DEPTH, DEFAULT_WIDTH
+
+        return {"width": self.fercnn_width or DEFAULT_WIDTH, "depth": self.fercnn_depth or DEFAULT_DEPTH}
 
     @property
     def grid(self) -> int:

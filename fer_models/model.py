@@ -75,12 +75,13 @@ def _head(cin: int, cout: int, dropout: float) -> nn.Module:
 
 
 @functools.lru_cache(maxsize=None)
-def stage_layout(backbone: str, in_chans: int = 3) -> Tuple[List[int], List[int]]:
-    """(channels, reductions) of every feature stage of a timm backbone (built once, then cached)."""
+def stage_layout(backbone: str, in_chans: int = 3, **backbone_kwargs) -> Tuple[List[int], List[int]]:
+    """(channels, reductions) of every feature stage of a timm backbone (built once, then cached);
+    backbone_kwargs: ModelConfig.backbone_kwargs (fercnn's width and depth)."""
     # the probe's random init must not move the caller's RNG: a seeded model is then the same
     # whether or not this backbone was built before in the process
     with torch.random.fork_rng(devices=[]):
-        probe = Backbone(backbone, [0], in_chans)
+        probe = Backbone(backbone, [0], in_chans, **backbone_kwargs)
     return probe.all_channels, probe.all_reductions
 
 
@@ -89,7 +90,7 @@ class FERNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         K = cfg.num_classes
-        chans, reds = stage_layout(cfg.backbone, cfg.in_chans)
+        chans, reds = stage_layout(cfg.backbone, cfg.in_chans, **cfg.backbone_kwargs)
         n = len(chans)
         self.stage_channels, self.stage_reductions = chans, reds
         last = n - 1
@@ -124,7 +125,7 @@ class FERNet(nn.Module):
                 raise UserError("unet_fusion merges deeper features into the patch map: it needs num_patches > 0")
             self.unet_stage = max(keep | {split + 1})
             keep.add(self.unet_stage)
-        self.backbone = Backbone(cfg.backbone, sorted(keep), cfg.in_chans)
+        self.backbone = Backbone(cfg.backbone, sorted(keep), cfg.in_chans, **cfg.backbone_kwargs)
         self.branch_weight: Dict[str, float] = {}
         global_dim = 0
         deeper_widths = chans[split + 1:]

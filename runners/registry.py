@@ -8,6 +8,8 @@
    those weights: a `val_*` metric (and `pose_accuracy`) at the selected epoch, a `test_*` metric
    as logged once for the selected weights. Higher is better, lower for metrics named `*loss*`.
    Ties go to the trial that started first, then to the smaller run id.
+   A search with a refit stage (runners.fidelity) competes with its refit runs only: the
+   configuration with the best mean figure over its seeds, then its best seed.
 2. The version: the trial's `trial/model.pt` + `trial/model_config.json` are logged as an MLflow
    model (runners.packaging: pt2, uint8 images in, class probabilities out) in the search's
    experiment, linked to the trial run, and registered as a new version of the model with tags
@@ -150,6 +152,8 @@ class Candidate:
     run: Any
     value: float
     epoch: int
+    why: Optional[str] = None  # how it was chosen, where more than "the best run" (a refit stage's winner)
+    tags: Dict[str, str] = field(default_factory=dict)  # recorded on the registered version
 
     @property
     def run_id(self) -> str:
@@ -181,6 +185,11 @@ def best_of_search(client, name: str, metric: str, uri: str) -> Candidate:
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
                                   max_results=5000)
+    from .fidelity import refit_candidate
+
+    refit = refit_candidate(client, name, children, metric)  # a search with a refit stage: its winner
+    if refit is not None:
+        return refit
     finished = [r for r in children if r.data.tags.get(TAG_STATUS) == "finished"]
     if not finished:
         counts: Dict[str, int] = {}
@@ -298,6 +307,7 @@ def version_tags(client, cand: Candidate, metric: str, model_cfg: Dict[str, Any]
     }
     for name, value in selected_figures(client, run, cand.epoch).items():
         tags[TAG_METRIC_PREFIX + name] = repr(value)
+    tags.update({k: v[:5000] for k, v in cand.tags.items()})
     return tags
 
 
@@ -401,7 +411,7 @@ def promote(*, search: Optional[str] = None, run_id: Optional[str] = None, model
     cand = best_of_search(client, search, metric, uri) if search else trial_run(client, run_id, metric, uri)
     msgs = [f"candidate: run {cand.run_id} (trial {cand.run.data.tags.get(TAG_TRIAL_ID, '?')} of search "
             f"{cand.run.data.tags.get(TAG_SEARCH, '?')}): {metric} {cand.value:.4f} on {metric_split(metric)}, "
-            f"weights of epoch {cand.epoch}"]
+            f"weights of epoch {cand.epoch}"] + ([cand.why] if cand.why else [])
 
     version = find_version(client, model_name, cand.run_id)
     created = version is None

@@ -56,6 +56,9 @@ class SearchResult:
     pareto_front: List[Dict[str, Any]] = field(default_factory=list)  # rows on the front, best metric first
     notes: List[str] = field(default_factory=list)  # what the summary could not do (a plot not drawn, ...)
     tracking_paused: Optional[str] = None  # why MLflow took no writes (the records are incomplete: --resume)
+    # a search with `fidelity.refit` (runners.fidelity): one row per refit configuration, best mean first
+    refit: List[Dict[str, Any]] = field(default_factory=list)
+    refit_winner: Optional[Dict[str, Any]] = None
 
 
 def data_spec_from(dataset) -> DataSpec:
@@ -107,6 +110,10 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
              else load_space(static["space_file"]))
     point = point_from_config(config, space)
     cfg = space.validate(point)
+    from .fidelity import FIDELITY_KEY, apply_fidelity
+
+    # beside the point, not in it: the fidelity of a two-stage search (train fraction, image size, refit seed)
+    cfg, train_fraction = apply_fidelity(cfg, config.get(FIDELITY_KEY))
     data = DataSpec(**static["data"])
     node_id = ray.get_runtime_context().get_node_id()  # which node ran it (the tracker tags the child run)
 
@@ -126,9 +133,10 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
         ckpt = tune.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
-                run_trial(cfg, data, out_dir=out_dir, report=report, resume_from=d, second_objective=second)
+                run_trial(cfg, data, out_dir=out_dir, report=report, resume_from=d, second_objective=second,
+                          train_fraction=train_fraction)
         else:
-            run_trial(cfg, data, out_dir=out_dir, report=report, second_objective=second)
+            run_trial(cfg, data, out_dir=out_dir, report=report, second_objective=second, train_fraction=train_fraction)
 
 
 # --- the driver -------------------------------------------------------------------------------------
@@ -136,7 +144,7 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
 # the flag of `fer-automl search` that sets each key of the search spec (named in its errors)
 SPEC_FLAGS = {"name": "--name", "num_samples": "--num-samples", "storage_path": "--storage-path",
               "address": "--address", "tracking_uri": "--tracking-uri", "dataset.path": "--data",
-              "dataset.format": "--format", "dataset.skip_corrupt": "--skip-corrupt"}
+              "dataset.format": "--format", "dataset.skip_corrupt": "--skip-corrupt", "warm_start": "--warm-start"}
 # what a dataset of another format keeps of the space's `search.dataset` (the rest, such as the
 # synthetic generator's n, num_classes, pose and seed, belongs to the space's own data)
 KEPT_ACROSS_FORMATS = ("image_size", "skip_corrupt")
@@ -245,7 +253,7 @@ def grid_settings(space, spec):
     return values, fixed, note
 
 
-def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str, Any]] = None):
+def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str, Any]] = None, warm=None):
     """(search algorithm, Tune param space); a grid search's param space is the one run_search
     enumerated before anything started.
 
@@ -275,8 +283,10 @@ def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str,
                         else ([spec.metric, spec.second_metric], [spec.mode, "min"]))
         sampler = (optuna.samplers.TPESampler(seed=spec.seed) if spec.algorithm == "tpe"
                    else optuna.samplers.RandomSampler(seed=spec.seed))
+        # warm start (runners.warm_start): the study OptunaSearch loads already holds earlier trials
+        seeded = warm.searcher_kwargs(space, mode if isinstance(mode, list) else [mode], sampler) if warm else {}
         return OptunaSearch(space=to_optuna(space), metric=metric, mode=mode, sampler=sampler,
-                            points_to_evaluate=presets or None), {}
+                            points_to_evaluate=presets or None, **seeded), {}
     if spec.algorithm == "grid":
         points = grid_param_space[POINT_KEY]["grid_search"]
         first: List[Dict[str, Any]] = []
@@ -428,7 +438,7 @@ def _ends_its_parent_run(run):
 def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[str] = None, format: Optional[str] = None,
                num_samples: Optional[int] = None, storage_path: Optional[str] = None, address: Optional[str] = None,
                tracking_uri: Optional[str] = None, resume: bool = False, skip_corrupt: bool = False,
-               verbose: int = 1) -> SearchResult:
+               verbose: int = 1, warm_start: Optional[List[str]] = None) -> SearchResult:
     from fer_models.errors import UserError
     from search_spaces import load_space
     from search_spaces.spec import search_name_error
@@ -437,7 +447,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     space = load_space(space_file)
     spec = _merge_spec(space, dict(name=name, data=data, format=format, num_samples=num_samples,
                                    storage_path=storage_path, address=address, tracking_uri=tracking_uri,
-                                   skip_corrupt=skip_corrupt))
+                                   skip_corrupt=skip_corrupt, warm_start=warm_start or None))
     name = spec.name or Path(space.where).stem
     if search_name_error(name):  # a name from the file's stem (`search.name` and --name are checked with the spec)
         raise UserError(f"{space.where}: the search is named after the file: {search_name_error(name)}; "
@@ -452,6 +462,15 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     check_storage_writable(storage, exp_dir, _storage_source(storage_path, spec, space))
     check_store_writable(uri)
     unpause_tracking(uri)  # a search run before in this process may have paused it
+    warm = None
+    if spec.warm_start and not resume:
+        from .warm_start import load_warm_start
+
+        warm = load_warm_start(spec.warm_start, space, spec, uri, from_flag=bool(warm_start))
+        if verbose:
+            print("\n".join(warm.summary_lines()), flush=True)
+    elif spec.warm_start and verbose:
+        print("warm start: --resume keeps the study the search was seeded with", flush=True)
 
     grid_fixed, grid_note, grid_param_space = None, None, None
     if spec.algorithm == "grid":  # the grid is enumerated (and its fixed floats named) before anything runs
@@ -461,6 +480,10 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         grid_param_space = to_ray_grid(space, fixed=grid_fixed, values=grid_values)
         if grid_note and verbose:
             print(grid_note, flush=True)
+        refit = spec.fidelity.refit if spec.fidelity is not None else None
+        if refit is not None and refit.top_k > len(grid_param_space["point"]["grid_search"]):
+            raise UserError(f"{space.where}: search.fidelity.refit.top_k={refit.top_k} is larger than the "
+                            f"{len(grid_param_space['point']['grid_search'])} distinct points of the grid")
 
     from . import ray_cluster
 
@@ -503,10 +526,13 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
                         "fingerprint": ds.fingerprint, "num_images": len(ds), "num_skipped": ds.num_skipped},
             "git_commit": git_commit(), "python": platform.python_version(), "versions": package_versions(),
             "resources": resources, "storage": exp_dir,
+            **({"fidelity": spec.fidelity.model_dump()} if spec.fidelity is not None else {}),
             **({"grid_fixed": grid_fixed} if spec.algorithm == "grid" else {})}))
         if space_text:
             client.log_text(parent.info.run_id, space_text, "space.yaml")
         client.log_text(parent.info.run_id, yaml.safe_dump(spec.model_dump(), sort_keys=False), "search_spec.yaml")
+        if warm is not None:
+            warm.record(client, parent.info.run_id)
         if data_warnings:
             client.log_text(parent.info.run_id, "\n".join(data_warnings) + "\n", "data_warnings.txt")
     parent_id = parent.info.run_id
@@ -517,11 +543,15 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
 
     from search_spaces import point_from_config
 
-    tracker = make_tracker(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, search_name=name,
-                           point_of=lambda cfg: point_from_config(cfg, space),
-                           epochs_of=lambda cfg: trial_epochs(space, cfg),
-                           name_of=lambda cfg: trial_label(space.validate(point_from_config(cfg, space))),
-                           dataset=dataset_input_fields(ds, spec.dataset.path))
+    from .fidelity import run_info
+
+    tracker_args = dict(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, search_name=name,
+                        point_of=lambda cfg: point_from_config(cfg, space),
+                        epochs_of=lambda cfg: trial_epochs(space, cfg),
+                        name_of=lambda cfg: trial_label(space.validate(point_from_config(cfg, space))),
+                        dataset=dataset_input_fields(ds, spec.dataset.path),
+                        run_info=lambda cfg: run_info(cfg, space))
+    tracker = make_tracker(**tracker_args)
     from search_spaces.schema import read_yaml
 
     static = {"space_file": str(Path(space.path).resolve()) if space.path else space_file,
@@ -534,31 +564,113 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         # the latest checkpoint(s) of a trial (each holds the best weights too): older ones are deleted
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints))
+    from .fidelity import REFIT_DIR, search_stage_config
+
+    refit_spec = spec.fidelity.refit if spec.fidelity is not None else None
+    # --resume of a search interrupted in its refit stage: the search stage is over, its results are read
+    in_refit = bool(resume and refit_spec is not None and tune.Tuner.can_restore(f"{exp_dir}/{REFIT_DIR}"))
     if resume:
         from .scratch import remove_dead_scratch
 
         removed = remove_dead_scratch(exp_dir)  # what trials killed with the driver left in this machine's temp dir
         if removed and verbose:
             print(f"resume: removed {len(removed)} scratch folder(s) of killed trials of {name!r}", flush=True)
-        tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=not in_refit, resume_errored=not in_refit)
     else:
-        searcher, param_space = _searcher(space, spec, max_epochs, grid_param_space)
+        searcher, param_space = _searcher(space, spec, max_epochs, grid_param_space, warm=warm)
+        if spec.fidelity is not None:  # beside the point (runners.fidelity): every search-stage trial's fidelity
+            from .fidelity import FIDELITY_KEY
+
+            param_space = {**param_space, FIDELITY_KEY: search_stage_config(spec.fidelity)}
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config, tune_config=tune.TuneConfig(
             metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=_scheduler(spec, max_epochs),
             num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
             max_concurrent_trials=spec.max_concurrent if is_searcher(searcher) else None))
     mark("fit_start")
-    grid = _fit(tuner)
+    grid = tuner.get_results() if in_refit else _fit(tuner)
+    _raise_if_interrupted(name)
+    if warm is not None:  # the study as it ended: the seeded trials, then the search's own
+        guarded(uri, warm.record_study, client, parent_id)
+    res = _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, end_parent=refit_spec is None)
+    if grid_note:
+        res.notes.insert(0, grid_note)
+    if refit_spec is not None:
+        from .fidelity import run_refit_stage
+
+        def make_tuner(param_space=None, search_alg=None, num_samples=None, restore_path=None):
+            if restore_path is not None:
+                return tune.Tuner.restore(restore_path, trainable, resume_unfinished=True, resume_errored=True)
+            refit_tracker = make_tracker(**tracker_args)  # its own: numbering goes on from the search's runs
+            return tune.Tuner(trainable, param_space=param_space, run_config=tune.RunConfig(
+                name=REFIT_DIR, storage_path=exp_dir, callbacks=[refit_tracker, interrupt_watch()], verbose=verbose,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints)),
+                tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_alg,
+                                            scheduler=_scheduler_fifo(), num_samples=num_samples))
+
+        def fit(t):
+            out = _fit(t)
+            _raise_if_interrupted(name)
+            return out
+
+        refit_grid = run_refit_stage(search_rows=res.leaderboard, spec=spec, exp_dir=exp_dir, resume=resume,
+                                     make_tuner=make_tuner, fit=fit, notes=res.notes, verbose=verbose)
+        _summarise_refit(res, refit_grid, spec, client, parent_id, exp_id, name)
+    return res
+
+
+def _raise_if_interrupted(name: str) -> None:
     if INTERRUPTED.is_set():
         # Ray Tune took the Ctrl-C (or SIGTERM, see _fit) itself: it saved the search's state, stopped
         # the trials and returned early
         print(f"fer-automl: search {name} interrupted; its state is saved: continue it with the same command "
               "and --resume", file=sys.stderr, flush=True)
         raise KeyboardInterrupt
-    res = _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir)
-    if grid_note:
-        res.notes.insert(0, grid_note)
-    return res
+
+
+def _scheduler_fifo():
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()
+
+
+def _summarise_refit(res: SearchResult, grid, spec, client, parent_id: str, exp_id: str, name: str) -> None:
+    """The refit stage's leaderboard (refit_leaderboard.csv on the parent run) into `res`; then the
+    parent run ends FINISHED."""
+    from search_spaces import point_from_config
+
+    from .fidelity import TAG_REFIT_WINNER, refit_csv_rows, refit_rows
+
+    uri = client.tracking_uri
+
+    def mlf(fn, *args, **kwargs):
+        return guarded(uri, fn, *args, **kwargs)
+
+    if grid is not None:
+        ended = []
+        for r in grid:
+            tid = (r.metrics or {}).get("trial_id")
+            if tid:
+                status = "failed" if r.error is not None else "finished"
+                ended.append((tid, status, str(r.error).strip().splitlines()[-1][:300] if r.error is not None else None, r))
+        mlf(complete_trial_runs, client, exp_id, parent_id, name, ended, lambda cfg: point_from_config(cfg, None))
+        res.refit = refit_rows(grid, spec.metric, spec.mode)
+        res.refit_winner = next((r for r in res.refit if r[f"{spec.metric}_mean"] is not None), None)
+        failed = {r["config"]: r["num_failed"] for r in res.refit if r["num_failed"]}
+        if failed:
+            res.notes.append("refit: failed seeds: " + ", ".join(f"{c} {n}" for c, n in failed.items()))
+        with tempfile.TemporaryDirectory(prefix="fer-refit-") as tmp:
+            header, rows = refit_csv_rows(res.refit, spec.metric)
+            _write_csv(Path(tmp) / "refit_leaderboard.csv", header, rows)
+            mlf(client.log_artifact, parent_id, str(Path(tmp) / "refit_leaderboard.csv"))
+        if res.refit_winner is not None:
+            w = res.refit_winner
+            mlf(client.log_metric, parent_id, f"refit_best_{spec.metric}_mean", float(w[f"{spec.metric}_mean"]))
+            mlf(client.set_tag, parent_id, TAG_REFIT_WINNER, f"{w['config']} (search trial {w['source_trial']})")
+        if res.notes:
+            mlf(client.log_text, parent_id, "\n".join(res.notes) + "\n", "notes.txt")
+    mlf(client.set_terminated, parent_id, "FINISHED")
+    res.tracking_paused = tracking_paused(uri)
 
 
 def _reopen_parent(client, uri: str, parent_id: str) -> None:
@@ -666,13 +778,14 @@ def _write_csv(path: Path, header: List[str], rows: List[List[Any]]) -> None:
         w.writerows(rows)
 
 
-def _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir) -> SearchResult:
+def _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, end_parent: bool = True) -> SearchResult:
     # the plots and tables are written to a scratch folder, logged to the parent run, then removed
     with tempfile.TemporaryDirectory(prefix="fer-search-") as scratch:
-        return _summarise_in(Path(scratch), grid, spec, space, client, parent_id, exp_id, name, exp_dir)
+        return _summarise_in(Path(scratch), grid, spec, space, client, parent_id, exp_id, name, exp_dir, end_parent)
 
 
-def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, name, exp_dir) -> SearchResult:
+def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, name, exp_dir,
+                  end_parent: bool = True) -> SearchResult:
     from search_spaces import point_from_config
 
     from .study_plots import rebuild_study, write_plots
@@ -759,8 +872,10 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
     mlf(client.set_tag, parent_id, "fer_automl.num_failed", str(len(failures)))
     if notes:
         mlf(client.log_text, parent_id, "\n".join(notes) + "\n", "notes.txt")
-    # ended only once everything above is logged; with tracking paused it stays RUNNING (--resume ends it)
-    mlf(client.set_terminated, parent_id, "FINISHED")
+    # ended only once everything above is logged; with tracking paused it stays RUNNING (--resume ends it);
+    # a two-stage search ends it after its refit stage
+    if end_parent:
+        mlf(client.set_terminated, parent_id, "FINISHED")
     return SearchResult(name, exp_id, parent_id, exp_dir, rows, best["point"] if best else None, best_path,
                         len(failures), failures, metric=key, mode=spec.mode, second_metric=second,
                         pareto_front=front, notes=notes, tracking_paused=tracking_paused(uri))

@@ -415,8 +415,10 @@ def make_tracker(**kwargs):
                      epochs_of: Callable[[Dict[str, Any]], Optional[int]],
                      metric_names: Optional[List[str]] = None, flush_every_s: float = 5.0,
                      name_of: Optional[Callable[[Dict[str, Any]], str]] = None,
-                     dataset: Optional[Dict[str, Any]] = None):
+                     dataset: Optional[Dict[str, Any]] = None,
+                     run_info: Optional[Callable[[Dict[str, Any]], tuple]] = None):
             self.tracking_uri = tracking_uri
+            self.run_info = run_info  # a trial's config -> (tags, run-name suffix): stage, seed, fidelity
             self.name_of = name_of  # a trial's config -> what it is ("cbam 4p 2s dwa"), for its run name
             self.dataset = dataset  # `dataset_input_fields(ds)`: logged as each child run's dataset input
             self.experiment_id = experiment_id
@@ -461,10 +463,12 @@ def make_tracker(**kwargs):
             point = self.point_of(trial.config)
             name_of = self.__dict__.get("name_of")  # a tracker restored from an older search has none
             label = name_of(trial.config) if name_of is not None else tid
+            run_info = self.__dict__.get("run_info")  # runners.fidelity.run_info
+            extra, suffix = run_info(trial.config) if run_info is not None else ({}, "")
             run = self._client.create_run(
-                self.experiment_id, run_name=f"t{len(self.runs) + 1:02d} {label}",
+                self.experiment_id, run_name=f"t{len(self.runs) + 1:02d} {label}{suffix}",
                 tags={"mlflow.parentRunId": self.parent_run_id, TAG_SEARCH: self.search_name, TAG_TRIAL_ID: tid,
-                      TAG_KIND: "trial", TAG_STATUS: "running"})
+                      TAG_KIND: "trial", TAG_STATUS: "running", **extra})
             self.runs[tid] = run.info.run_id
             w.params(run.info.run_id, flatten(point))
             if self.__dict__.get("dataset"):

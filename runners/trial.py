@@ -255,13 +255,16 @@ def _public(metrics: Dict[str, Any]) -> Dict[str, float]:
 def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], report: Optional[ReportFn] = None,
               resume_from: Optional[Union[str, Path]] = None, device: Optional[str] = None,
               num_workers: int = 0, log: Optional[Callable[[str], None]] = None,
-              second_objective: Optional[str] = None) -> Dict[str, Any]:
+              second_objective: Optional[str] = None, train_fraction: Optional[float] = None) -> Dict[str, Any]:
     """Train `cfg` (a TrialConfig) on `data` (a DataSpec or a loaded FERDataset).
 
     out_dir: where checkpoints and artifacts are written (one sub-folder per epoch; the caller,
     e.g. Ray Tune, copies what it reports). Returns the final metrics, test included.
     second_objective: `params`, `macs` or `latency` (a multi-objective search): measured once on
     the built model and reported with every epoch as `params`, `macs` or `latency_ms`.
+    train_fraction: (0, 1) trains on that stratified subset of the training split, seeded by the
+    dataset's split seed (the search stage of a search with `fidelity`, runners.fidelity); val and
+    test untouched. Every epoch reports `image_epochs`: training images processed so far.
     """
     from .data.torch_data import class_weights, make_loader
     from .data.transforms import build_eval_transform, build_train_transform, normalization_for
@@ -277,6 +280,10 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         torch.backends.cudnn.benchmark = True
 
     ds = data.load(image_size) if isinstance(data, DataSpec) else data
+    if train_fraction is not None and train_fraction < 1:
+        from .fidelity import train_subset
+
+        ds = train_subset(ds, train_fraction, seed=int(getattr(data, "seed", 0)))
     mark("trial_data_loaded", torch_threads=torch.get_num_threads())  # Ray sets OMP_NUM_THREADS to the trial's cpu
     check_classes(ds)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the input is known to be trainable
@@ -317,10 +324,13 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
 
     start_epoch, best = 0, {"val_balanced_accuracy": -1.0, "epoch": -1}
     costs: Dict[str, float] = {}
+    image_epochs = 0  # training images processed so far (compute, counted across resumes)
     state = None
     if resume_from is not None:
         state = torch.load(Path(resume_from) / STATE_FILE, map_location=dev, weights_only=False)
         costs = dict(state.get("costs", {}))
+        # a checkpoint written before image_epochs was counted: every epoch saw the whole train split
+        image_epochs = int(state.get("image_epochs", (state["epoch"] + 1) * len(ds.indices("train"))))
     if second_objective:
         from fer_models.cost import cost
         from search_spaces import SECOND_OBJECTIVE_METRICS
@@ -371,13 +381,14 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
             seen += len(y)
             total += float(res.total.detach()) * len(y)
         elapsed = time.perf_counter() - t0
+        image_epochs += seen
         mark("train_done")
         loss_fn.end_epoch()
         scheduler.step()
         val = evaluate(model, loss_fn, val_loader, dev, classes, "val_", amp, channels_last)
         mark("val_done")
         metrics = {**_public(val), "train_loss": total / max(seen, 1), "images_per_second": seen / max(elapsed, 1e-9),
-                   "epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **costs}
+                   "epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], "image_epochs": image_epochs, **costs}
         if val["val_balanced_accuracy"] > best["val_balanced_accuracy"]:
             best = {"val_balanced_accuracy": val["val_balanced_accuracy"], "epoch": epoch + 1}
             _save_new_file(model.state_dict(), out_dir / BEST_FILE)
@@ -389,7 +400,8 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
                     "weighting_state": {k: v for k, v in loss_fn.weighting.__dict__.items()
                                         if k in ("history", "current")},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "epoch": epoch, "best": best, "rng_state": rng_state(), "costs": costs}, ckpt / STATE_FILE)
+                    "epoch": epoch, "best": best, "rng_state": rng_state(), "costs": costs,
+                    "image_epochs": image_epochs}, ckpt / STATE_FILE)
         final = epoch == epochs - 1
         if not final:
             # the best weights change only when validation improves: a link, not a 45 MB copy every

@@ -21,7 +21,7 @@ def fit_errors(cfg: TrialConfig) -> Optional[Tuple[str, Dict[str, Any]]]:
 
     m, size = cfg.model, cfg.data.image_size
     try:
-        chans, reds = stage_layout(m.backbone, m.in_chans)
+        chans, reds = stage_layout(m.backbone, m.in_chans, **m.backbone_kwargs)
     except ValueError as exc:
         return str(exc), {"backbone": m.backbone}
     last = len(chans) - 1

@@ -38,6 +38,13 @@ def search_name_error(name: str) -> Optional[str]:
     return None
 
 
+def warm_start_source_error(entry: str) -> Optional[str]:
+    """What is wrong with a `warm_start` entry (NAME or URI#NAME), or None."""
+    name = entry.rsplit("#", 1)[1] if "#" in entry and "://" in entry.split("#", 1)[0] else entry
+    why = search_name_error(name)
+    return f"warm start source {entry!r}: {why}" if why else None
+
+
 class DatasetSpec(_Strict):
     """Which data a search trains on (read by `runners.data`)."""
 
@@ -101,6 +108,30 @@ class ResourcesSpec(_Strict):
         return v
 
 
+class RefitSpec(_Strict):
+    """The refit stage of a search with `fidelity`: its best configurations trained again at full
+    fidelity (all training data, the point's own train.epochs and image size), several seeds each."""
+
+    top_k: StrictInt = Field(3, ge=1, description="the best distinct configurations of the search stage (by the "
+                                                  "search metric) that are refit")
+    seeds: StrictInt = Field(2, ge=1, le=100, description="seeds per refit configuration: train.seed = 0 .. seeds-1 "
+                                                          "(replacing the point's own train.seed)")
+
+
+class FidelitySpec(_Strict):
+    """Reduced fidelity for the search stage, and the refit stage at full fidelity (issue 11)."""
+
+    train_fraction: StrictFloat = Field(
+        1.0, gt=0.0, le=1.0, description="(0, 1]: search-stage trials train on this stratified subset of the training "
+                                         "split, seeded by search.dataset.seed (the same subset for every trial); "
+                                         "validation and test untouched")
+    image_size: Optional[StrictInt] = Field(
+        None, ge=16, le=1024, description="search-stage trials train and validate at this input size instead of the "
+                                          "point's data.image_size (the smallest size >= it where the point's model "
+                                          "fits, when it does not fit at it)")
+    refit: Optional[RefitSpec] = Field(None, description="the refit stage; none: the search stage only")
+
+
 class SearchSpec(_Strict):
     """Run settings of one search (issue 5). Every key is checked; unknown keys are errors."""
 
@@ -127,6 +158,28 @@ class SearchSpec(_Strict):
     keep_checkpoints: StrictInt = Field(1, ge=1, description="checkpoints kept per trial in the storage, latest first "
                                                              "(each holds the latest state and the best weights)")
     seed: Optional[StrictInt] = Field(None, ge=0, le=MAX_SEED, description="seed of the search algorithm")
+    fidelity: Optional[FidelitySpec] = Field(
+        None, description="two-stage search: trials at reduced fidelity (train_fraction, image_size), then the "
+                          "top_k configurations refit at full fidelity with several seeds (refit:)")
+    warm_start: List[str] = Field(default_factory=list, description="earlier searches whose trials seed the tpe "
+                                                                    "sampler: NAME (same MLflow store) or URI#NAME")
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_sources(cls, v: List[str]) -> List[str]:
+        for entry in v:
+            why = warm_start_source_error(entry)
+            if why:
+                raise ValueError(why)
+        return v
+
+    @model_validator(mode="after")
+    def _warm_start_tpe(self) -> "SearchSpec":
+        if self.warm_start and self.algorithm != "tpe":
+            raise ValueError(f"warm_start {self.warm_start}: warm start seeds the tpe sampler with past trials; "
+                             f"algorithm {self.algorithm!r} does not learn from them (random draws each point "
+                             "independently, grid enumerates a fixed list): use algorithm: tpe")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -154,6 +207,11 @@ class SearchSpec(_Strict):
             self.mode = "min" if self.metric.endswith(("loss", "objective")) else "max"
         if self.grid and self.algorithm != "grid":
             raise ValueError(f"grid: values per dimension apply to algorithm: grid only (algorithm is {self.algorithm!r})")
+        refit = self.fidelity.refit if self.fidelity is not None else None
+        if refit is not None and self.algorithm != "grid" and refit.top_k > self.num_samples:
+            # a grid's trials are counted with the space (runners.search checks it)
+            raise ValueError(f"fidelity.refit.top_k={refit.top_k} is larger than num_samples={self.num_samples}, "
+                             "the trials the search stage runs")
         return self
 
     @property

@@ -13,7 +13,10 @@ from fer_models.cost import count_params
 from search_spaces import TrialConfig, smallest_image_size
 from search_spaces.samplers import _draw
 
-BACKBONE_COST = {"resnet18": 1, "resnet34": 2, "efficientnet_b0": 2, "mobilenetv3_large_100": 2, "resnet50": 6}
+BACKBONE_COST = {"resnet18": 1, "resnet34": 2, "efficientnet_b0": 2, "mobilenetv3_large_100": 2, "resnet50": 6,
+                 # the compact ones (issue 11, item 8): under a second to build and run
+                 "resnet10t": 0.5, "mobilenetv3_small_100": 0.5, "mobilenetv3_small_050": 0.5, "lcnet_100": 0.5,
+                 "lcnet_075": 0.5, "lcnet_050": 0.5, "ghostnet_100": 0.5, "ghostnet_050": 0.5, "fercnn": 0.5}
 
 
 def cost(point: dict) -> float:

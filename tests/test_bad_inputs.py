@@ -238,6 +238,25 @@ CASES_MODELS_SPACES: List[Case] = [
     Case("models-describe-empty-name", ["models", "describe", ""], ["'' is neither a preset"]),
     Case("models-describe-split-stage-beyond-backbone", ["models", "describe", "{f}", "--image-size", "32"],
          ["split_stage=7"], setup=files(f="m.yaml:num_patches: 4\nsplit_stage: 7\n")),
+    # fercnn's width and depth: bounded, and only with backbone fercnn (never silently ignored)
+    Case("models-describe-fercnn-width-zero", ["models", "describe", "{f}", "--image-size", "48"],
+         ["m.yaml", "fercnn_width: 0", "greater than or equal to 4"],
+         setup=files(f="m.yaml:backbone: fercnn\nfercnn_width: 0\n")),
+    Case("models-describe-fercnn-depth-huge", ["models", "describe", "{f}", "--image-size", "48"],
+         ["m.yaml", "fercnn_depth: 100", "less than or equal to 8"],
+         setup=files(f="m.yaml:backbone: fercnn\nfercnn_depth: 100\n")),
+    Case("models-describe-fercnn-width-not-an-int", ["models", "describe", "{f}", "--image-size", "48"],
+         ["m.yaml", "fercnn_width: 'wide'", "integer"],
+         setup=files(f="m.yaml:backbone: fercnn\nfercnn_width: wide\n")),
+    Case("models-describe-fercnn-width-on-a-timm-backbone", ["models", "describe", "{f}", "--image-size", "48"],
+         ["m.yaml", "fercnn_width=32", "fercnn_depth=2", "backbone 'fercnn' only", "'resnet10t'"],
+         setup=files(f="m.yaml:backbone: resnet10t\nfercnn_width: 32\nfercnn_depth: 2\n")),
+    Case("models-describe-backbone-flag-unknown", ["models", "describe", "baseline", "--backbone", "resnet_nope",
+                                                    "--image-size", "48"], ["backbone 'resnet_nope'", "Unknown model"]),
+    Case("models-describe-backbone-flag-drops-fercnn", ["models", "describe", "{f}", "--backbone", "resnet10t",
+                                                        "--image-size", "48"],
+         ["--backbone", "fercnn_width=8", "backbone 'fercnn' only", "'resnet10t'"],
+         setup=files(f="m.yaml:backbone: fercnn\nfercnn_width: 8\n")),
     # space show / sample / check
     Case("space-show-folder", ["space", "show", "{tmp}"], ["is a folder"]),
     Case("space-show-yaml-syntax", ["space", "show", "{f}"], ["s.yaml", "line 3", "not a YAML file"],
@@ -569,6 +588,32 @@ CASES_SEARCH: List[Case] = [
     Case("search-yaml-grid-with-tpe", S, ["apply to algorithm: grid only"],
          search_space({"algorithm": "tpe", "grid": {"lr": [0.001]}})),
     Case("search-yaml-unreported-metric", S, ["metric 'val_auc' is not reported"], search_space({"metric": "val_auc"})),
+    # fidelity and refit (issue 11): ranges, and a refit of more configurations than the search runs
+    Case("search-yaml-fidelity-fraction-zero", S, ["search.fidelity.train_fraction", "0", "greater than 0"],
+         search_space({"fidelity": {"train_fraction": 0}})),
+    Case("search-yaml-fidelity-fraction-above-one", S, ["search.fidelity.train_fraction", "1.5",
+                                                        "less than or equal to 1"],
+         search_space({"fidelity": {"train_fraction": 1.5}})),
+    Case("search-yaml-fidelity-fraction-string", S, ["search.fidelity.train_fraction", "valid number"],
+         search_space({"fidelity": {"train_fraction": "half"}})),
+    Case("search-yaml-fidelity-image-size-tiny", S, ["search.fidelity.image_size", "8", "greater than or equal to 16"],
+         search_space({"fidelity": {"image_size": 8}})),
+    Case("search-yaml-fidelity-unknown-key", S, ["search.fidelity.epochs", "unknown key"],
+         search_space({"fidelity": {"epochs": 3}})),
+    Case("search-yaml-refit-top-k-zero", S, ["search.fidelity.refit.top_k", "greater than or equal to 1"],
+         search_space({"fidelity": {"refit": {"top_k": 0}}})),
+    Case("search-yaml-refit-seeds-zero", S, ["search.fidelity.refit.seeds", "greater than or equal to 1"],
+         search_space({"fidelity": {"refit": {"top_k": 1, "seeds": 0}}})),
+    Case("search-yaml-refit-top-k-above-num-samples", S, ["space.yaml", "fidelity.refit.top_k=3",
+                                                          "larger than num_samples=2"],
+         search_space({"num_samples": 2, "fidelity": {"refit": {"top_k": 3}}})),
+    Case("search-refit-top-k-above-num-samples-flag", S + ["--num-samples", "1"], ["fidelity.refit.top_k=2",
+                                                                               "larger than num_samples=1"],
+         search_space({"num_samples": 4, "fidelity": {"refit": {"top_k": 2}}})),
+    Case("search-yaml-refit-top-k-above-grid", S, ["space.yaml", "search.fidelity.refit.top_k=3",
+                                                   "larger than the 2 distinct points of the grid"],
+         search_space({"algorithm": "grid", "grid": {"lr": [0.001, 0.01]},
+                       "fidelity": {"refit": {"top_k": 3}}})),
     # names: one folder under the storage path
     Case("search-name-escapes-storage", S + ["--name", "a/../../b", "--storage-path", "{tmp}/x/y"],
          ["--name 'a/../../b'", "one folder name"], search_space()),
@@ -635,6 +680,69 @@ CASES_SEARCH: List[Case] = [
          ["sqlite:////sys/fer-automl/mlflow.db", "not writable"], needs=Path("/sys/kernel")),
     Case("search-tracking-server-unreachable", ["search", "quickstart", "--tracking-uri", "http://127.0.0.1:9"],
          ["tracking server http://127.0.0.1:9 is unreachable"]),
+]
+
+# --- warm start (issue 11, item 3): the earlier searches a search is seeded with ----------------
+def warm_store(search: Optional[dict] = None) -> Callable[[Path], Dict[str, str]]:
+    """`search_space(search)` plus a SQLite store `w.db` (a copy of one made once per session) with
+    searches `loss` (optimised val_loss), `f` (its one trial failed) and `misfit` (one finished
+    trial whose point has a dimension this space lacks)."""
+    def build(path: Path) -> None:
+        import mlflow
+
+        from runners.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS
+
+        client = mlflow.MlflowClient(f"sqlite:///{path}")
+        for name, status, metric in (("loss", "finished", "val_loss"), ("f", "failed", "val_balanced_accuracy"),
+                                     ("misfit", "finished", "val_balanced_accuracy")):
+            exp = client.create_experiment(name, artifact_location=str(path.parent / "art"))
+            parent = client.create_run(exp, tags={TAG_KIND: "search", TAG_SEARCH: name})
+            client.log_param(parent.info.run_id, "metric", metric)
+            child = client.create_run(exp, tags={TAG_KIND: "trial", TAG_SEARCH: name, TAG_STATUS: status,
+                                                 "mlflow.parentRunId": parent.info.run_id})
+            for k, v in ({"lr": "0.005", "attention": "se"} if name == "misfit" else {"lr": "0.005"}).items():
+                client.log_param(child.info.run_id, k, v)
+            client.log_metric(child.info.run_id, metric, 0.5, step=1)
+
+    def setup(tmp: Path) -> Dict[str, str]:
+        import shutil
+        import tempfile
+
+        if "warm" not in _STORE_TEMPLATE:
+            folder = Path(tempfile.mkdtemp(prefix="fer-battery-warm-"))
+            build(folder / "w.db")
+            _STORE_TEMPLATE["warm"] = folder / "w.db"
+        shutil.copy(_STORE_TEMPLATE["warm"], tmp / "w.db")
+        return {**search_space(search)(tmp), "db": f"sqlite:///{tmp / 'w.db'}"}
+    return setup
+
+
+W = S + ["--tracking-uri", "{db}", "--warm-start"]
+CASES_SEARCH += [
+    Case("search-warm-start-unknown-search", W + ["nope"],
+         ["--warm-start 'nope'", "no search of that name", "w.db", "searches there: f, loss, misfit"], warm_store()),
+    Case("search-warm-start-no-finished-trial", W + ["f"], ["--warm-start 'f'", "no finished trial", "1 failed"],
+         warm_store()),
+    Case("search-warm-start-other-metric", W + ["loss"],
+         ["--warm-start 'loss'", "optimised val_loss", "this one optimises val_balanced_accuracy (max)"], warm_store()),
+    Case("search-warm-start-nothing-fits", W + ["misfit"],
+         ["--warm-start 'misfit'", "none of the 1 trials", "unknown dimension 'attention'"], warm_store()),
+    Case("search-warm-start-other-store-missing", W + ["sqlite:///{tmp}/none.db#a"],
+         ["--warm-start 'sqlite:///", "none.db", "does not exist"], warm_store()),
+    Case("search-warm-start-other-store-unreachable", W + ["http://127.0.0.1:9#a"],
+         ["tracking server http://127.0.0.1:9 is unreachable"], warm_store()),
+    Case("search-yaml-warm-start-unknown-search", S + ["--tracking-uri", "{db}"],
+         ["search.warm_start in", "space.yaml", "'nope'", "no search of that name"], warm_store({"warm_start": ["nope"]})),
+    Case("search-warm-start-default-store-missing", S + ["--warm-start", "a"], ["mlflow.db", "does not exist"],
+         search_space()),
+    Case("search-warm-start-bad-name", S + ["--warm-start", "a/b"], ["--warm-start", "'a/b'", "one folder name"],
+         search_space()),
+    Case("search-warm-start-with-random", S + ["--warm-start", "a"], ["algorithm 'random' does not learn", "tpe"],
+         search_space({"algorithm": "random"})),
+    Case("search-yaml-warm-start-with-grid", S, ["search", "algorithm 'grid' does not learn", "tpe"],
+         search_space({"algorithm": "grid", "warm_start": ["a"]})),
+    Case("search-yaml-warm-start-not-a-list", S, ["space.yaml", "search.warm_start", "valid list"],
+         search_space({"warm_start": "a"})),
 ]
 
 CASES_PROMOTE: List[Case] = [

@@ -13,6 +13,18 @@ def test_models_list(capsys):
     out = capsys.readouterr().out
     for name in ["baseline", "ma_net", "scan_cci", "scan_cci_shared", "phanet", "lnlnet", "spatio_channel"]:
         assert name in out
+    assert "compact backbones" in out and "fercnn" in out and "lcnet_050" in out
+
+
+def test_models_describe_on_a_compact_backbone(capsys):
+    """--backbone puts a preset on another backbone: the compact ones cost a fraction of resnet18."""
+    sizes = {}
+    for backbone in ("resnet18", "lcnet_050", "fercnn"):
+        assert main(["models", "describe", "baseline", "--backbone", backbone, "--image-size", "48", "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["config"]["backbone"] == backbone
+        sizes[backbone] = info["params"]
+    assert sizes["fercnn"] < 100_000 < sizes["lcnet_050"] < 1_000_000 < 10_000_000 < sizes["resnet18"]
 
 
 def test_models_describe_json_in_a_child_process(cli):

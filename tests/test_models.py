@@ -105,6 +105,8 @@ BASE = dict(backbone="resnet18", num_patches=4, local_aggregation="mean")
 SWITCHES = [
     # (base overrides, field, new value)
     ({}, "backbone", "mobilenetv3_large_100"),
+    ({"backbone": "fercnn"}, "fercnn_width", 8),
+    ({"backbone": "fercnn"}, "fercnn_depth", 2),
     ({}, "in_chans", 1),
     ({}, "num_classes", 8),
     ({}, "split_stage", 3),

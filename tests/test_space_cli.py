@@ -16,7 +16,7 @@ def test_show_unified(capsys):
                 "label_smoothing", "aug_strength", "class_balance", "image_size", "epochs"):
         assert f"\n  {dim} " in out, dim
     assert "[when num_patches in [4, 9, 16, 25]]" in out
-    assert "distinct architectures: 132,732,000" in out
+    assert "distinct architectures: 763,192,800" in out  # 14 backbones (compact ones, fercnn x 12)
     assert "presets: baseline, ma_net, scan_cci, scan_cci_shared, phanet, lnlnet" in out
 
 
@@ -47,7 +47,7 @@ def test_sample_text(capsys):
 
 def test_check_shipped_files(capsys):
     assert main(["space", "check", "unified"]) == 0
-    assert "unified.yaml: OK (46 dimensions, 6 presets valid)" in capsys.readouterr().out
+    assert "unified.yaml: OK (48 dimensions, 6 presets valid)" in capsys.readouterr().out
     assert main(["space", "check", "quickstart"]) == 0
     assert "search section valid" in capsys.readouterr().out
 

@@ -229,3 +229,23 @@ def test_child_runs_are_named_by_what_they_are_and_show_their_dataset(searched):
     other = base.model_copy(update={"model": base.model.model_copy(update={
         "attention": "cbam", "num_patches": 4, "num_scales": 2, "context_branch": True})})
     assert trial_label(other).split() == [base.model.backbone, "cbam", "4p", "2s", base.train.loss_weighting, "cci"]
+
+
+@pytest.mark.slow
+def test_a_search_without_fidelity_counts_image_epochs_and_has_one_stage(searched):
+    """Issue 11: every trial reports `image_epochs` (training images processed so far: compute), also
+    without a `fidelity` section; such a search has one stage (`search`), no refit, and its trials
+    train on the whole training split at the point's own size."""
+    from runners.trial import DataSpec
+
+    res = searched["res"]
+    assert res.refit == [] and res.refit_winner is None
+    client, _, parents, children = search_runs(searched["uri"], "epochs-it")
+    n_train = len(DataSpec(format="synthetic", options={"n": 210, "size": 32}).load(32).indices("train"))
+    for run in children:
+        assert run.data.metrics["image_epochs"] == n_train * int(run.data.params["epochs"])
+        assert run.data.tags["fer_automl.stage"] == "search"
+        assert "fer_automl.fidelity.train_fraction" not in run.data.tags
+        steps = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "image_epochs"), key=lambda m: m.step)]
+        assert steps == [n_train * e for e in range(1, len(steps) + 1)]  # cumulative, one per epoch
+    assert "refit_leaderboard.csv" not in {a.path for a in client.list_artifacts(parents[0].info.run_id)}

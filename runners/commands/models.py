@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--num-classes", type=int, default=7,
                    help=f"expression classes, {NUM_CLASSES_RANGE[0]}..{NUM_CLASSES_RANGE[1]} (default 7; "
                         "a config file's own num_classes wins)")
+    d.add_argument("--backbone", default=None,
+                   help="build the preset or config on this backbone instead (e.g. fercnn, lcnet_050: "
+                        "see `models list`)")
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=_describe)
 
@@ -42,6 +45,10 @@ def _list(args: argparse.Namespace) -> int:
     for name, cfg in PRESETS.items():
         print(f"  {name:16s} backbone={cfg.get('backbone', 'resnet18')}")
     print("attention types: " + ", ".join(ATTENTION_REGISTRY))
+    from fer_models.backbone import COMPACT_BACKBONES
+
+    print("compact backbones (48-64 px faces; --backbone of describe): " + ", ".join(COMPACT_BACKBONES)
+          + " (fercnn: fercnn_width, fercnn_depth; no pretrained weights)")
     return 0
 
 
@@ -87,6 +94,16 @@ def _describe(args: argparse.Namespace) -> int:
     _check_range("--image-size", args.image_size, IMAGE_SIZE_RANGE)
     _check_range("--num-classes", args.num_classes, NUM_CLASSES_RANGE)
     cfg = _load_config(args.name, args.num_classes)
+    if args.backbone is not None:
+        from pydantic import ValidationError
+
+        from fer_models.errors import user_error_from_validation
+
+        try:
+            cfg = cfg.model_copy(update={"backbone": args.backbone})
+            cfg = type(cfg).model_validate(cfg.model_dump())
+        except ValidationError as exc:
+            raise user_error_from_validation(exc, source="--backbone") from None
     model = build_model(cfg, image_size=args.image_size)
     info = {
         "name": args.name,

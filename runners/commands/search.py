@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a local Ray)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    p.add_argument("--warm-start", action="append", metavar="SEARCH",
+                   help="seed the tpe sampler with an earlier search's trials read from MLflow: NAME (this store) "
+                        "or URI#NAME (another store); may be given more than once (replaces search.warm_start)")
     p.set_defaults(func=_search)
 
 
@@ -29,7 +32,7 @@ def _search(args: argparse.Namespace) -> int:
 
     res = run_search(args.spec, name=args.name, data=args.data, format=args.format, num_samples=args.num_samples,
                      storage_path=args.storage_path, address=args.address, tracking_uri=args.tracking_uri,
-                     resume=args.resume, skip_corrupt=args.skip_corrupt)
+                     resume=args.resume, skip_corrupt=args.skip_corrupt, warm_start=args.warm_start)
     print()
     print(f"search {res.name}: {len(res.leaderboard)} trials, {res.num_failed} failed")
     for tid, why in res.failures.items():
@@ -40,6 +43,13 @@ def _search(args: argparse.Namespace) -> int:
         print(f"Pareto front ({len(res.pareto_front)} trials; {res.metric} {res.mode}, {res.second_metric} min; "
               "pareto_front.csv on the parent run):")
         print(format_pareto(res.pareto_front, res.metric, res.second_metric))
+    if res.refit:
+        from ..fidelity import format_refit_leaderboard
+
+        print()
+        print(f"refit stage ({len(res.refit)} configurations at full fidelity, mean ± std over seeds; "
+              "refit_leaderboard.csv on the parent run):")
+        print(format_refit_leaderboard(res.refit, res.metric))
     for note in res.notes:
         print(f"note: {note}")
     if res.best_point_path:
