@@ -22,10 +22,11 @@ cost of one full-fidelity trial (E epochs of the N training images). Trials are 
 (c) land within U/2 (and k*N/2) of B; every arm's actual compute is reported beside B.
 
 What each arm ships, and its test figure: the one trained model the arm would promote, chosen on
-validation (`best_val_balanced_accuracy`, the validation figure of the weights each trial keeps
-and tests): (a) with refit: the refit configuration with the best mean validation over its seeds,
-and of its seeds the best on validation (the JSON also keeps the mean test over its seeds);
-(a) without refit and (b): the best trial; (c): per preset, its best seed. Test balanced accuracy
+validation (the validation balanced accuracy of the weights each trial keeps and tests): for (a)
+and (b) exactly what `fer-automl promote --search` takes (`runners.registry.best_of_search`):
+with a refit stage, the refit configuration with the best mean validation over its seeds, and of
+its seeds the best on validation (the JSON also keeps the mean test over its seeds); without one,
+the best finished trial; (c): per preset, its best seed on validation. Test balanced accuracy
 is then mean +- std over the repeats (each repeat: another split seed, searcher seed and training
 seeds; synthetic data: also another generator seed).
 
@@ -202,6 +203,7 @@ def arm_runs(uri: str, name: str, n_train: int) -> Tuple[List[Dict[str, Any]], L
         rows.append({
             "run_id": run.info.run_id, "name": run.info.run_name, "status": tags.get("fer_automl.status"),
             "stage": tags.get("fer_automl.stage", "search"), "seed": int(seed_tag) if seed_tag else None,
+            "refit_config": tags.get("fer_automl.refit_config"),
             "point": dict(run.data.params), "epoch": m.get("epoch"),
             "val": m.get("best_val_balanced_accuracy"), "test": m.get("test_balanced_accuracy"),
             "image_epochs": done})
@@ -220,14 +222,25 @@ def best_so_far(events: List[Tuple[float, float, float]]) -> List[Tuple[float, f
 
 
 def _config_key(row: Dict[str, Any]) -> str:
+    if row.get("refit_config"):  # c1, c2, ...: the refit stage's own name of the configuration
+        return row["refit_config"]
     return json.dumps({k: v for k, v in row["point"].items() if k not in ("seed", "train.seed")}, sort_keys=True)
 
 
-def shipped(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+def shipped(rows: List[Dict[str, Any]], promoted: Optional[str] = None) -> Dict[str, Any]:
     """The model an arm ships (see the module docstring): with refit rows, the refit configuration
-    of best mean validation over its seeds and, of those seeds, the best on validation."""
+    of best mean validation over its seeds and, of those seeds, the best on validation.
+    `promoted`: the run id `fer-automl promote --search` takes (runners.registry.best_of_search,
+    the same rule): that row, with the mean over its configuration's seeds."""
     done = [r for r in rows if r["test"] is not None and r["val"] is not None]
     refit = [r for r in done if r["stage"] == "refit"]
+    pick = next((r for r in done if r["run_id"] == promoted), None) if promoted else None
+    if pick is not None:
+        group = [r for r in (refit or done) if _config_key(r) == _config_key(pick)]
+        return {"rule": "promote --search" + (" (refit winner, its best-val seed)" if refit else " (best val)"),
+                "test": pick["test"], "val": pick["val"], "name": pick["name"], "seeds": len(group),
+                "seed_mean_test": statistics.mean(r["test"] for r in group),
+                "seed_mean_val": statistics.mean(r["val"] for r in group)}
     if refit:
         groups: Dict[str, List[Dict[str, Any]]] = {}
         for r in refit:
@@ -293,7 +306,15 @@ def run_arm(folder: Path, name: str, space: Dict[str, Any], search: Dict[str, An
     wall = time.time() - t0
     rows, events = arm_runs(uri, name, n_train)
     curve = best_so_far(events)
-    return {"search": name, "wall_s": wall, "num_failed": res.num_failed, "rows": rows,
+    import mlflow
+
+    from runners.registry import PromoteError, best_of_search
+
+    try:  # what `fer-automl promote --search NAME` would register
+        promoted = best_of_search(mlflow.MlflowClient(uri), name, "val_balanced_accuracy", uri).run.info.run_id
+    except PromoteError:
+        promoted = None
+    return {"search": name, "wall_s": wall, "num_failed": res.num_failed, "rows": rows, "promoted": promoted,
             "compute": sum(r["image_epochs"] for r in rows), "curve": curve,
             "final_best_val": curve[-1][1] if curve else None}
 
@@ -345,8 +366,8 @@ def run_repeat(dataset: str, repeat: int, args, folder: Path, uri: str) -> Dict[
     at = reach(a["curve"], target)
     out["reach"] = {"target_val": target, "a_compute": at, "b_compute": b["compute"],
                     "fraction_of_b": (at / b["compute"]) if at is not None and b["compute"] else None}
-    out["arms"] = {"a": {**_public(a), "shipped": shipped(a["rows"])},
-                   "b": {**_public(b), "shipped": shipped(b["rows"])},
+    out["arms"] = {"a": {**_public(a), "shipped": shipped(a["rows"], a["promoted"])},
+                   "b": {**_public(b), "shipped": shipped(b["rows"], b["promoted"])},
                    "c": {p: _public(v) for p, v in presets.items()}}
     return out
 
@@ -360,7 +381,7 @@ def _preset_of(row: Dict[str, Any], space_c: Dict[str, Any]) -> Optional[str]:
 
 
 def _public(d: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in d.items() if k != "rows"} | {"trials": len(d.get("rows", []))}
+    return {**d, "trials": len(d.get("rows", []))}
 
 
 # --- the table --------------------------------------------------------------------------------------

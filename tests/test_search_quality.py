@@ -95,6 +95,16 @@ def test_the_quick_benchmark_writes_a_table_and_spends_equal_compute_per_arm(tmp
     for p in presets:
         c = rep["arms"]["c"][p]
         assert c["trials"] == k and abs(c["compute"] - budget) <= k * n / 2 + 1e-9, (p, c, budget)
+    # (a) is two-stage: search-stage trials on a fraction of the training split (their own
+    # image_epochs), then the refit at full fidelity; it ships what `promote --search` takes
+    a = rep["arms"]["a"]
+    search_rows = [r for r in a["rows"] if r["stage"] == "search"]
+    refit_rows = [r for r in a["rows"] if r["stage"] == "refit"]
+    assert search_rows and refit_rows and doc["fidelity_available"]
+    assert all(0 < r["image_epochs"] < r["epoch"] * n for r in search_rows), search_rows
+    assert all(r["image_epochs"] == r["epoch"] * n for r in refit_rows), (refit_rows, n)
+    assert a["shipped"]["rule"].startswith("promote --search (refit") and a["promoted"] in {r["run_id"] for r in refit_rows}
+    assert math.isclose(a["compute"], sum(r["image_epochs"] for r in a["rows"]))
     # the curves end at the arm's compute and never go down; reach is measured on (a)'s
     for arm in ("a", "b"):
         curve = rep["arms"][arm]["curve"]
