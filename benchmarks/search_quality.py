@@ -1,8 +1,8 @@
 """Does a search find better FER models per unit of compute than random search or a preset alone?
 (issue 11, item 9)
 
-    PYTHONPATH=. python benchmarks/search_quality.py [--datasets synthetic,cmu_faces] [--repeats 3]
-        [--budget-units 4] [--out results.json] [--quick]
+    PYTHONPATH=. python benchmarks/search_quality.py [--datasets cmu_faces,synthetic] [--repeats 3]
+        [--out results.json] [--keep DIR] [--quick]   (--help: the protocol's settings)
 
 Three arms over one space (the four axes: attention, scales, patches, loss weighting, plus
 training knobs; `bench_space`), each driven through the project's own `runners.search.run_search`
@@ -461,7 +461,7 @@ QUICK = dict(datasets="synthetic", repeats=1, synthetic_n=140, image_size=32, se
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", default="synthetic,cmu_faces", help="comma-separated: synthetic, cmu_faces")
+    p.add_argument("--datasets", default="cmu_faces,synthetic", help="comma-separated: synthetic, cmu_faces")
     p.add_argument("--cmu-path", default=str(CMU_DEFAULT), help="the CMU Face Images folder (format cmu_faces)")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the whole protocol (seed, seed+1, ...)")
     p.add_argument("--seed", type=int, default=0)
@@ -469,7 +469,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=48, help="full-fidelity image size")
     p.add_argument("--search-image-size", type=int, default=32, help="(a)'s search-stage image size (fidelity)")
     p.add_argument("--train-fraction", type=float, default=0.5, help="(a)'s search-stage training fraction (fidelity)")
-    p.add_argument("--epochs", type=int, default=4, help="E: epochs of a full-fidelity trial (ASHA's max_t)")
+    p.add_argument("--epochs", type=int, default=3, help="E: epochs of a full-fidelity trial (ASHA's max_t)")
     p.add_argument("--a-samples", type=int, default=8, help="(a)'s search-stage trials")
     p.add_argument("--top-k", type=int, default=2, help="(a)'s refit: configurations refit")
     p.add_argument("--refit-seeds", type=int, default=2, help="(a)'s refit: seeds per configuration")
