@@ -705,10 +705,17 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
 
     from .constraints import REASON_KEY, is_infeasible
 
+    from search_spaces import POINT_KEY
+
+    from .schedulers import fit_point, is_population, perturbed_dimensions
+
+    # pbt/pb2: Tune's config may hold a perturbed value off its dimension's grid (PB2 draws any float in
+    # the range); the point is the one the trial trained with (what best_point.yaml must hold)
+    perturbed = list(perturbed_dimensions(space)) if is_population(spec) else []
     rows, failures, ended = [], {}, []
     for res in grid:  # the order the trials ran in
         trial_id = res.metrics.get("trial_id") if res.metrics else None
-        point = point_from_config(res.config or {}, space)
+        point = fit_point(space, point_from_config(res.config or {}, space), perturbed)
         row: Dict[str, Any] = {"trial_id": trial_id or Path(res.path).name, "status": "finished"}
         if res.error is not None:
             row["status"] = "failed"
@@ -717,7 +724,7 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
             row["status"] = "infeasible"
             row["infeasible_reason"] = res.metrics.get(REASON_KEY)
         else:
-            row["status"] = trial_status((res.metrics or {}).get("epoch"), trial_epochs(space, res.config))
+            row["status"] = trial_status((res.metrics or {}).get("epoch"), trial_epochs(space, {POINT_KEY: point}))
         for c in LEADERBOARD_COLUMNS + ([second] if second else []):
             # an infeasible trial's metrics are stand-ins (runners.constraints): shown as none; its cost is real
             row[c] = (res.metrics or {}).get(c) if row["status"] != "infeasible" or c == second else None
