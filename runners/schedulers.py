@@ -16,7 +16,7 @@ perturbation does not promise.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping
 
 from fer_models.errors import UserError
 

@@ -703,10 +703,9 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
     def mlf(fn, *args, **kwargs):  # every MLflow write of the summary: skipped while tracking is paused
         return guarded(uri, fn, *args, **kwargs)
 
-    from .constraints import REASON_KEY, is_infeasible
-
     from search_spaces import POINT_KEY
 
+    from .constraints import REASON_KEY, is_infeasible
     from .schedulers import fit_point, is_population, perturbed_dimensions
 
     # pbt/pb2: Tune's config may hold a perturbed value off its dimension's grid (PB2 draws any float in
