@@ -59,6 +59,7 @@ class SearchResult:
     # a search with `fidelity.refit` (runners.fidelity): one row per refit configuration, best mean first
     refit: List[Dict[str, Any]] = field(default_factory=list)
     refit_winner: Optional[Dict[str, Any]] = None
+    num_infeasible: int = 0  # trials whose point broke search.constraints (not trained, not failures)
 
 
 def data_spec_from(dataset) -> DataSpec:
@@ -109,6 +110,11 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
     space = (load_space(static["space"], name=static.get("space_where")) if static.get("space") is not None
              else load_space(static["space_file"]))
     point = point_from_config(config, space)
+    perturbed = static.get("perturbed") or []
+    if perturbed:  # pbt/pb2 may hand over a value off its dimension's grid (PB2: any float in the range)
+        from .schedulers import fit_point
+
+        point = fit_point(space, point, perturbed)
     cfg = space.validate(point)
     from .fidelity import FIDELITY_KEY, apply_fidelity
 
@@ -116,10 +122,15 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
     cfg, train_fraction = apply_fidelity(cfg, config.get(FIDELITY_KEY))
     data = DataSpec(**static["data"])
     node_id = ray.get_runtime_context().get_node_id()  # which node ran it (the tracker tags the child run)
+    hparams = {f"hp_{n}": point[n] for n in perturbed if isinstance(point.get(n), (int, float))}
+    if perturbed:
+        from .schedulers import TRIAL_EPOCHS_KEY
+
+        hparams[TRIAL_EPOCHS_KEY] = int(cfg.train.epochs)
 
     def report(metrics: Dict[str, float], ckpt_dir: Optional[Path]) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
-        tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
+        tune.report({**metrics, **hparams, "node_id": node_id}, checkpoint=checkpoint)
 
     second = static.get("second_objective")
     from .scratch import remove_dead_scratch, trial_scratch
@@ -134,9 +145,10 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 run_trial(cfg, data, out_dir=out_dir, report=report, resume_from=d, second_objective=second,
-                          train_fraction=train_fraction)
+                          train_fraction=train_fraction, constraints=static.get("constraints"))
         else:
-            run_trial(cfg, data, out_dir=out_dir, report=report, second_objective=second, train_fraction=train_fraction)
+            run_trial(cfg, data, out_dir=out_dir, report=report, second_objective=second, train_fraction=train_fraction,
+                      constraints=static.get("constraints"))
 
 
 # --- the driver -------------------------------------------------------------------------------------
@@ -273,6 +285,10 @@ def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str,
             raise UserError(f"{space.where}: search.presets names {name!r}, which is not a preset of this space "
                             f"(presets: {', '.join(space.presets) or 'none'})")
         presets.append(dict(space.presets[name]))
+    from .schedulers import is_population, population_param_space
+
+    if spec.algorithm == "random" and is_population(spec):  # pbt/pb2: Tune refuses an Optuna searcher beside them
+        return population_param_space(space, spec, presets)
     if spec.algorithm in ("tpe", "random"):
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -305,19 +321,11 @@ def is_searcher(alg) -> bool:
     return isinstance(alg, Searcher)
 
 
-def _scheduler(spec, max_epochs: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+def _scheduler(spec, max_epochs: int, space=None):
+    """The Ray Tune scheduler of the search: one entry of `runners.schedulers.SCHEDULERS` per type."""
+    from .schedulers import build_scheduler
 
-    s = spec.scheduler
-    max_t = s.max_t or max_epochs
-    if s.type == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=s.grace_period,
-                             reduction_factor=s.reduction_factor, brackets=s.brackets)
-    if s.type == "hyperband":
-        return HyperBandScheduler(time_attr="training_iteration", max_t=max_t, reduction_factor=s.reduction_factor)
-    if s.type == "fifo":
-        return FIFOScheduler()
-    raise ValueError(f"unknown scheduler {s.type!r}; valid: asha, hyperband, fifo")
+    return build_scheduler(spec, space, max_epochs)
 
 
 def trial_epochs(space, config: Dict[str, Any]) -> Optional[int]:
@@ -453,6 +461,10 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         raise UserError(f"{space.where}: the search is named after the file: {search_name_error(name)}; "
                         "give search.name or --name")
     max_epochs = _max_epochs(space)
+    from .schedulers import (check_scheduler, is_population, perturbed_dimensions, population_checkpoints,
+                             population_stopper)
+
+    check_scheduler(spec, space)
     uri = resolve_tracking_uri(spec.tracking_uri)
     check_tracking_server(uri)
     storage = spec.storage_path or str(Path("ray_results").resolve())
@@ -557,13 +569,17 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     static = {"space_file": str(Path(space.path).resolve()) if space.path else space_file,
               "space_where": space.where,
               "space": read_yaml(Path(space.path)) if getattr(space, "path", None) else None,
-              "data": data_spec.__dict__, "second_objective": spec.second_objective, "search_dir": exp_dir}
+              "data": data_spec.__dict__, "second_objective": spec.second_objective, "search_dir": exp_dir,
+              # pbt/pb2: the dimensions they perturb (kept valid, and reported every epoch as hp_<name>)
+              "perturbed": list(perturbed_dimensions(space)) if is_population(spec) else [],
+              "constraints": spec.constraints.limits() if spec.constraints else None}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, static=static), resources)
     run_config = tune.RunConfig(
         name=name, storage_path=storage, callbacks=[tracker, interrupt_watch()], verbose=verbose,
+        stop=population_stopper() if is_population(spec) else None,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         # the latest checkpoint(s) of a trial (each holds the best weights too): older ones are deleted
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints))
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=population_checkpoints(spec)))
     from .fidelity import REFIT_DIR, search_stage_config
 
     refit_spec = spec.fidelity.refit if spec.fidelity is not None else None
@@ -583,7 +599,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
 
             param_space = {**param_space, FIDELITY_KEY: search_stage_config(spec.fidelity)}
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config, tune_config=tune.TuneConfig(
-            metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=_scheduler(spec, max_epochs),
+            metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=_scheduler(spec, max_epochs, space),
             num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
             max_concurrent_trials=spec.max_concurrent if is_searcher(searcher) else None))
     mark("fit_start")
@@ -764,9 +780,10 @@ def _fit(tuner):
 
 def sort_leaderboard(rows: List[Dict[str, Any]], metric: str, mode: str) -> List[Dict[str, Any]]:
     """Best `metric` first (by `mode`); trials without a finite value of it after those with one;
-    failed trials last. Ties keep the order the trials ran in."""
+    then infeasible trials (search.constraints); failed trials last. Ties keep the order the trials ran in."""
     sign = -1.0 if mode == "max" else 1.0
-    return sorted(rows, key=lambda r: (r["status"] == "failed", not is_number(r.get(metric)),
+    return sorted(rows, key=lambda r: (r["status"] == "failed", r["status"] == "infeasible",
+                                       not is_number(r.get(metric)),
                                        sign * float(r[metric]) if is_number(r.get(metric)) else 0.0))
 
 
@@ -803,18 +820,30 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
     def mlf(fn, *args, **kwargs):  # every MLflow write of the summary: skipped while tracking is paused
         return guarded(uri, fn, *args, **kwargs)
 
+    from search_spaces import POINT_KEY
+
+    from .constraints import REASON_KEY, is_infeasible
+    from .schedulers import fit_point, is_population, perturbed_dimensions
+
+    # pbt/pb2: Tune's config may hold a perturbed value off its dimension's grid (PB2 draws any float in
+    # the range); the point is the one the trial trained with (what best_point.yaml must hold)
+    perturbed = list(perturbed_dimensions(space)) if is_population(spec) else []
     rows, failures, ended = [], {}, []
     for res in grid:  # the order the trials ran in
         trial_id = res.metrics.get("trial_id") if res.metrics else None
-        point = point_from_config(res.config or {}, space)
+        point = fit_point(space, point_from_config(res.config or {}, space), perturbed)
         row: Dict[str, Any] = {"trial_id": trial_id or Path(res.path).name, "status": "finished"}
         if res.error is not None:
             row["status"] = "failed"
             failures[row["trial_id"]] = str(res.error).strip().splitlines()[-1][:300] if str(res.error).strip() else "error"
+        elif is_infeasible(res.metrics):
+            row["status"] = "infeasible"
+            row["infeasible_reason"] = res.metrics.get(REASON_KEY)
         else:
-            row["status"] = trial_status((res.metrics or {}).get("epoch"), trial_epochs(space, res.config))
+            row["status"] = trial_status((res.metrics or {}).get("epoch"), trial_epochs(space, {POINT_KEY: point}))
         for c in LEADERBOARD_COLUMNS + ([second] if second else []):
-            row[c] = (res.metrics or {}).get(c)
+            # an infeasible trial's metrics are stand-ins (runners.constraints): shown as none; its cost is real
+            row[c] = (res.metrics or {}).get(c) if row["status"] != "infeasible" or c == second else None
         row["point"] = point
         rows.append(row)
         if trial_id:
@@ -843,7 +872,7 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
     rows = sort_leaderboard(rows, key, spec.mode)
     if second:
         front = [r for r in rows if r.get("pareto")]  # in leaderboard order: best metric first, ties as ranked
-    best = next((r for r in rows if r["status"] != "failed" and is_number(r.get(key))), None)
+    best = next((r for r in rows if r["status"] not in ("failed", "infeasible") and is_number(r.get(key))), None)
     best_path = None
     if best is not None:
         # beside the search's runs; with remote storage (s3://...) in a small folder of its own that
@@ -875,6 +904,10 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
     if best is not None:
         mlf(client.log_metric, parent_id, f"best_{key}", float(best[key]))
     mlf(client.set_tag, parent_id, "fer_automl.num_failed", str(len(failures)))
+    num_infeasible = sum(r["status"] == "infeasible" for r in rows)
+    if spec.constraints is not None:
+        mlf(client.set_tag, parent_id, "fer_automl.num_infeasible", str(num_infeasible))
+        mlf(client.log_metric, parent_id, "num_infeasible", float(num_infeasible))
     if notes:
         mlf(client.log_text, parent_id, "\n".join(notes) + "\n", "notes.txt")
     # ended only once everything above is logged; with tracking paused it stays RUNNING (--resume ends it);
@@ -883,7 +916,8 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
         mlf(client.set_terminated, parent_id, "FINISHED")
     return SearchResult(name, exp_id, parent_id, exp_dir, rows, best["point"] if best else None, best_path,
                         len(failures), failures, metric=key, mode=spec.mode, second_metric=second,
-                        pareto_front=front, notes=notes, tracking_paused=tracking_paused(uri))
+                        pareto_front=front, notes=notes, tracking_paused=tracking_paused(uri),
+                        num_infeasible=num_infeasible)
 
 
 def _fmt(v: Any) -> str:

@@ -30,6 +30,7 @@ TAG_SEARCH = "fer_automl.search"
 TAG_TRIAL_ID = "fer_automl.trial_id"
 TAG_KIND = "fer_automl.kind"  # search | trial | evaluation
 TAG_STATUS = "fer_automl.status"  # finished (ran its own epochs) | stopped_early (by the scheduler) | failed
+# | infeasible (broke a search.constraints limit: not trained, the run ends FINISHED; runners.constraints)
 TAG_FAILURE = "fer_automl.failure_reason"
 TAG_PARETO = "fer_automl.pareto"  # true | false on the child runs of a multi-objective search
 TAG_NODE_ID = "fer_automl.node_id"  # the Ray node that ran the trial (its latest attempt)
@@ -485,6 +486,14 @@ def make_tracker(**kwargs):
 
         def _on_result(self, trial, result) -> None:
             rid = self._run_for(trial)
+            from .constraints import is_infeasible, run_fields
+
+            if is_infeasible(result):  # search.constraints: the measured figures, none of the stand-in worst values
+                metrics, tags = run_fields(result)
+                self.__dict__.setdefault("infeasible", set()).add(trial.trial_id)
+                self.writer.metric(rid, metrics, 0)
+                self.writer.tags(rid, tags)
+                return
             step = int(result.get("epoch", result.get("training_iteration", 0)))
             self.last_step[trial.trial_id] = step
             self.writer.metric(rid, numeric_metrics(result, self.metric_names), step)
@@ -522,7 +531,9 @@ def make_tracker(**kwargs):
 
         def _status(self, trial) -> str:
             """`finished` when the trial ran its own epochs, `stopped_early` when the scheduler
-            stopped it first."""
+            stopped it first, `infeasible` when it broke a constraint (and trained no epoch)."""
+            if trial.trial_id in self.__dict__.get("infeasible", ()):
+                return "infeasible"
             epochs_of = self.__dict__.get("epochs_of")
             if epochs_of is not None:
                 epochs = epochs_of(trial.config)

@@ -190,6 +190,24 @@ def build_optimizer(model: nn.Module, loss_fn: nn.Module, train) -> torch.optim.
     raise ValueError(f"unknown optimizer {train.optimizer!r}; valid: sgd, adamw")
 
 
+def set_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, train) -> None:
+    """After an optimizer and its LambdaLR were restored from a checkpoint: the learning rate and
+    weight decay of `train`, not the checkpoint's. Loading a state dict restores each group's lr,
+    initial_lr and weight decay, and the schedule's base_lrs, as they were when it was saved: a trial
+    resumed with other values (population-based training perturbs them) would otherwise train on
+    with the old ones. The group's lr is what LambdaLR would give at the restored epoch
+    (base * factor), so a trial resumed with the same values trains exactly as before."""
+    bases = []
+    for group in optimizer.param_groups:
+        base = train.lr * train.backbone_lr_mult if group.get("name") == "backbone" else train.lr
+        group["initial_lr"] = base
+        group["weight_decay"] = train.weight_decay
+        bases.append(base)
+    scheduler.base_lrs = bases
+    for group, base in zip(optimizer.param_groups, bases):
+        group["lr"] = base * lr_factor(scheduler.last_epoch, train)
+
+
 def lr_factor(epoch: int, train) -> float:
     """Multiplier of the base learning rate for `epoch` (0-based): linear warmup, then the schedule."""
     warm = int(train.warmup_epochs)
@@ -255,7 +273,8 @@ def _public(metrics: Dict[str, Any]) -> Dict[str, float]:
 def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], report: Optional[ReportFn] = None,
               resume_from: Optional[Union[str, Path]] = None, device: Optional[str] = None,
               num_workers: int = 0, log: Optional[Callable[[str], None]] = None,
-              second_objective: Optional[str] = None, train_fraction: Optional[float] = None) -> Dict[str, Any]:
+              second_objective: Optional[str] = None, train_fraction: Optional[float] = None,
+              constraints: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
     """Train `cfg` (a TrialConfig) on `data` (a DataSpec or a loaded FERDataset).
 
     out_dir: where checkpoints and artifacts are written (one sub-folder per epoch; the caller,
@@ -265,6 +284,12 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
     train_fraction: (0, 1) trains on that stratified subset of the training split, seeded by the
     dataset's split seed (the search stage of a search with `fidelity`, runners.fidelity); val and
     test untouched. Every epoch reports `image_epochs`: training images processed so far.
+    constraints: limits (`max_params`, `max_macs`, `max_latency_ms`) measured on the built model
+    before any epoch; a model that breaks one is reported once as infeasible and not trained
+    (`runners.constraints`). The figures measured are reported with every epoch of a feasible trial.
+    resume_from: a checkpoint of this trial, or of another one (population-based training clones
+    the checkpoint of a better trial): the model, optimizer and schedule state are restored, and the
+    learning rate and weight decay are the ones `cfg` says, not the checkpoint's.
     """
     from .data.torch_data import class_weights, make_loader
     from .data.transforms import build_eval_transform, build_train_transform, normalization_for
@@ -339,12 +364,25 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         if name not in costs:  # once per trial: a resumed trial reports what it measured before
             costs[name] = cost(model, second_objective, image_size, device=str(dev), bf16=amp,
                                channels_last=channels_last)
+    if constraints and state is None:  # a trial with a checkpoint was feasible when it started
+        from .constraints import broken, infeasible_result, measure
+
+        measure(model, constraints, image_size, costs, device=str(dev), bf16=amp, channels_last=channels_last)
+        breaks = broken(constraints, costs)
+        if breaks:
+            result = infeasible_result(constraints, costs, breaks)
+            if log:
+                log(f"infeasible: {result['infeasible_reason']}: not trained")
+            if report is not None:
+                report(result, None)
+            return result
     if state is not None:
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         loss_fn.weighting.__dict__.update(state.get("weighting_state", {}))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        set_hyperparameters(optimizer, scheduler, train)
         start_epoch, best = state["epoch"] + 1, state["best"]
         if "rng_state" in state:
             set_rng_state(state["rng_state"])

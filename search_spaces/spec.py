@@ -68,20 +68,32 @@ class DatasetSpec(_Strict):
         return self
 
 
-# the settings each scheduler takes (Ray Tune's ASHAScheduler, HyperBandScheduler, FIFOScheduler)
+# the settings each scheduler takes (Ray Tune's ASHAScheduler, HyperBandScheduler, FIFOScheduler,
+# PopulationBasedTraining, PB2)
 SCHEDULER_FIELDS = {"asha": {"type", "grace_period", "max_t", "reduction_factor", "brackets"},
                     "hyperband": {"type", "max_t", "reduction_factor"},
-                    "fifo": {"type"}}
+                    "fifo": {"type"},
+                    "pbt": {"type", "perturbation_interval", "quantile_fraction", "resample_probability"},
+                    "pb2": {"type", "perturbation_interval", "quantile_fraction"}}
+# schedulers that perturb running trials' hyperparameters: Ray Tune refuses them beside a search
+# algorithm (Optuna's), so they draw their population with Ray's own random or grid generator
+POPULATION_SCHEDULERS = ("pbt", "pb2")
 
 
 class SchedulerSpec(_Strict):
     """Trial scheduler of Ray Tune. Times are in epochs (one report per epoch)."""
 
-    type: Literal["asha", "hyperband", "fifo"] = "asha"
+    type: Literal["asha", "hyperband", "fifo", "pbt", "pb2"] = "asha"
     grace_period: StrictInt = Field(1, ge=1, description="asha: epochs every trial runs before it can be stopped")
     max_t: Optional[StrictInt] = Field(None, ge=1, description="most epochs a trial runs; None: the largest epochs of the space")
     reduction_factor: StrictFloat = Field(3.0, gt=1.0)
     brackets: StrictInt = Field(1, ge=1, description="asha only")
+    perturbation_interval: StrictInt = Field(
+        2, ge=1, description="pbt, pb2: epochs between two exploit/explore steps of the population")
+    quantile_fraction: StrictFloat = Field(
+        0.25, ge=0.0, le=0.5, description="pbt, pb2: the bottom fraction of trials clones the top fraction")
+    resample_probability: StrictFloat = Field(
+        0.25, ge=0.0, le=1.0, description="pbt: chance a perturbed value is drawn afresh instead of scaled or shifted")
 
     @model_validator(mode="after")
     def _bounds(self) -> "SchedulerSpec":
@@ -92,6 +104,27 @@ class SchedulerSpec(_Strict):
         if self.max_t is not None and self.grace_period > self.max_t:
             raise ValueError(f"grace_period={self.grace_period} is larger than max_t={self.max_t}")
         return self
+
+
+class ConstraintsSpec(_Strict):
+    """Limits a trial's model must meet; a point that breaks one is rejected before any epoch is
+    trained (`runners.constraints`). Each limit is measured on the built model: parameters,
+    multiply-accumulates of one image at the trial's image size, batch-1 latency on the device the
+    trial runs on."""
+
+    max_params: Optional[StrictInt] = Field(None, gt=0, description="most trainable parameters")
+    max_macs: Optional[StrictInt] = Field(None, gt=0, description="most multiply-accumulates of one image")
+    max_latency_ms: Optional[StrictFloat] = Field(None, gt=0.0, description="most milliseconds per image at batch 1")
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> "ConstraintsSpec":
+        if self.max_params is None and self.max_macs is None and self.max_latency_ms is None:
+            raise ValueError("give at least one of max_params, max_macs, max_latency_ms (or leave constraints out)")
+        return self
+
+    def limits(self) -> Dict[str, float]:
+        """The limits given: {max_params: N, ...}."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class ResourcesSpec(_Strict):
@@ -180,6 +213,8 @@ class SearchSpec(_Strict):
                              f"algorithm {self.algorithm!r} does not learn from them (random draws each point "
                              "independently, grid enumerates a fixed list): use algorithm: tpe")
         return self
+    constraints: Optional[ConstraintsSpec] = Field(
+        None, description="max_params, max_macs, max_latency_ms: points that break one are not trained")
 
     @field_validator("name")
     @classmethod
@@ -212,6 +247,10 @@ class SearchSpec(_Strict):
             # a grid's trials are counted with the space (runners.search checks it)
             raise ValueError(f"fidelity.refit.top_k={refit.top_k} is larger than num_samples={self.num_samples}, "
                              "the trials the search stage runs")
+        if self.scheduler.type in POPULATION_SCHEDULERS and self.algorithm == "tpe":
+            raise ValueError(f"scheduler {self.scheduler.type!r} needs algorithm: random or grid (Ray Tune runs "
+                             "population-based training beside no search algorithm such as tpe: it perturbs "
+                             "its own population)")
         return self
 
     @property

@@ -34,7 +34,11 @@ def _search(args: argparse.Namespace) -> int:
                      storage_path=args.storage_path, address=args.address, tracking_uri=args.tracking_uri,
                      resume=args.resume, skip_corrupt=args.skip_corrupt, warm_start=args.warm_start)
     print()
-    print(f"search {res.name}: {len(res.leaderboard)} trials, {res.num_failed} failed")
+    print(f"search {res.name}: {len(res.leaderboard)} trials, {res.num_failed} failed"
+          + (f", {res.num_infeasible} infeasible (broke search.constraints: not trained)" if res.num_infeasible else ""))
+    for row in res.leaderboard:
+        if row["status"] == "infeasible":
+            print(f"  infeasible {row['trial_id']}: {row.get('infeasible_reason')}")
     for tid, why in res.failures.items():
         print(f"  failed {tid}: {why}")
     print(format_leaderboard(res.leaderboard, res.metric, second_metric=res.second_metric))
