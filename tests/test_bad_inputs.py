@@ -424,7 +424,7 @@ CASES_DATA_PREDICT_EVALUATE: List[Case] = [
          ["models:/nope/3"], setup=mlflow_store()),
 ]
 
-POINT = "point.yaml:{attention: none, num_scales: 1, num_patches: 0, loss_weighting: fixed, lr: 0.01, image_size: 32}"
+POINT = "point.yaml:{attention: none, num_scales: 1, num_patches: 0, loss_weighting: fixed, lr: 0.01, image_size: 40}"
 
 
 def one_class_folder(tmp: Path) -> Dict[str, str]:
