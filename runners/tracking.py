@@ -406,6 +406,18 @@ def log_dataset_input(client, run_id: str, fields: Dict[str, Any], context: str 
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
 
 
+def run_label(name_of: Optional[Callable[[Dict[str, Any]], str]], config: Dict[str, Any], trial_id: str) -> str:
+    """A trial's run name from `name_of`, or its trial id when there is none or the config cannot be
+    named: a point that does not validate (e.g. 9 patches cut `ceil` at 32 px) fails its own trial,
+    which says why; naming its run must not end the whole search from inside a Tune callback."""
+    if name_of is None:
+        return trial_id
+    try:
+        return name_of(config)
+    except Exception:  # noqa: BLE001 - see above
+        return trial_id
+
+
 def make_tracker(**kwargs):
     """Build the Tune callback (the class derives from ray.tune.Callback, imported lazily)."""
     base = _tune_callback_base()
@@ -463,7 +475,7 @@ def make_tracker(**kwargs):
                 return self.runs[tid]
             point = self.point_of(trial.config)
             name_of = self.__dict__.get("name_of")  # a tracker restored from an older search has none
-            label = name_of(trial.config) if name_of is not None else tid
+            label = run_label(name_of, trial.config, tid)
             run_info = self.__dict__.get("run_info")  # runners.fidelity.run_info
             extra, suffix = run_info(trial.config) if run_info is not None else ({}, "")
             run = self._client.create_run(

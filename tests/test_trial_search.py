@@ -249,3 +249,17 @@ def test_a_search_without_fidelity_counts_image_epochs_and_has_one_stage(searche
         steps = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "image_epochs"), key=lambda m: m.step)]
         assert steps == [n_train * e for e in range(1, len(steps) + 1)]  # cumulative, one per epoch
     assert "refit_leaderboard.csv" not in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+
+
+def test_a_trial_whose_point_cannot_be_named_keeps_its_id_as_run_name():
+    # the tracker names child runs with runners.search.trial_label on the validated point; a point
+    # that does not validate must fall back to the trial id, not raise inside Ray Tune's callback
+    # (which ended the whole search)
+    from runners.tracking import run_label
+
+    def name_of(config):
+        raise ValueError("num_patches=9 with patch_split=ceil at image_size=32")
+
+    assert run_label(name_of, {"p": 1}, "abc_00001") == "abc_00001"
+    assert run_label(lambda c: "resnet18 se 0p 1s fixed", {}, "abc_00002") == "resnet18 se 0p 1s fixed"
+    assert run_label(None, {}, "abc_00003") == "abc_00003"
