@@ -119,8 +119,8 @@ def test_grid_fixes_float_dimensions_at_their_midpoint_and_takes_listed_values()
     space = load_space("quickstart")
     spec = space.search.model_copy(update={"algorithm": "grid"})
     values, fixed, note = grid_settings(space, spec)
-    assert values == {} and fixed == {"local_weight": 0.6, "lr": pytest.approx(math.sqrt(1e-3 * 3e-2), rel=1e-2)}
-    assert "local_weight=0.6" in note and "lr=0.00548" in note and "search.grid" in note
+    assert values == {} and fixed == {"local_weight": 0.6, "lr": pytest.approx(math.sqrt(1e-3 * 1e-2), rel=1e-2)}
+    assert "local_weight=0.6" in note and "lr=0.00316" in note and "search.grid" in note
     assert len(grid_points(space, fixed=fixed, values=values)) == 96
     spec = spec.model_copy(update={"grid": {"lr": [0.001, 0.01], "attention": ["none", "se"]}})
     values, fixed, note = grid_settings(space, spec)
@@ -259,9 +259,9 @@ def test_grid_search_over_quickstart_runs(tmp_path, mlflow_server, ray_for_modul
     rc = main(["search", space.name, "--storage-path", str(tmp_path / "ray"), "--tracking-uri", uri])
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
-    assert "grid: float dimensions fixed at the middle of their range: local_weight=0.6, lr=0.00548" in out
+    assert "grid: float dimensions fixed at the middle of their range: local_weight=0.6, lr=0.00316" in out
     assert "search qs-grid: 2 trials, 0 failed" in out
 
     client, exp, _, children = search_runs(uri, "qs-grid")
     assert sorted(r.data.params["attention"] for r in children) == ["none", "se"]
-    assert {(r.data.params["lr"], r.data.params["local_weight"]) for r in children} == {("0.00548", "0.6")}
+    assert {(r.data.params["lr"], r.data.params["local_weight"]) for r in children} == {("0.00316", "0.6")}

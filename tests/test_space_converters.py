@@ -206,7 +206,7 @@ def test_grid():
         _assert_valid_point(QUICK, p)
         QUICK.validate(p)
     # every combination of the choice dimensions, conditions respected
-    for att, sc, img in itertools.product(["none", "se", "cbam", "spatio_channel"], [1, 2], [32, 48]):
+    for att, sc, img in itertools.product(["none", "se", "cbam", "spatio_channel"], [1, 2], [40, 48]):
         assert {"attention": att, "num_scales": sc, "num_patches": 0, "loss_weighting": "uncertainty", "lr": 0.01,
                 "image_size": img} in pts
     from ray.tune.search.variant_generator import generate_variants
@@ -230,7 +230,7 @@ def test_grid_errors():
 
 def test_grid_values_and_midpoints():
     mid = grid_midpoints(QUICK)
-    assert mid == {"local_weight": 0.6, "lr": 0.00548}  # linear and geometric middles, 3 significant digits
+    assert mid == {"local_weight": 0.6, "lr": 0.00316}  # linear and geometric middles, 3 significant digits
     assert grid_midpoints(QUICK, values={"lr": [0.01]}, fixed={"local_weight": 0.5}) == {}
     values = {"lr": [0.001, 0.01, 0.01], "attention": ["none"]}  # a repeated value counts once
     pts = grid_points(QUICK, fixed={"local_weight": 0.5}, values=values)
