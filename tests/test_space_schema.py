@@ -238,7 +238,7 @@ def test_search_section(tmp_path):
 @pytest.mark.parametrize("snippet, expected", [
     ("search: {presets: [nope]}", "search.presets[0]: unknown preset 'nope'"),
     ("search: {algorithm: bayes}", "search.algorithm"),
-    ("search: {scheduler: {type: pbt}}", "search.scheduler.type"),
+    ("search: {scheduler: {type: bohb}}", "search.scheduler.type"),
     ("search: {metric: accuracy}", "search.metric: metric 'accuracy' is not reported"),
     ("search: {resources: {gpu: 1.5}}", "search.resources.gpu"),
     ("search: {dataset: {format: folder}}", "search.dataset: dataset format 'folder' needs a path"),
