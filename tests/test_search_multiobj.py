@@ -248,10 +248,10 @@ def test_grid_search_over_quickstart_runs(tmp_path, mlflow_server, ray_for_modul
     d = yaml.safe_load(load_space("quickstart").path.read_text())
     d["constants"]["train.epochs"] = 1
     d["search"].update(name="qs-grid", presets=[], algorithm="grid", num_samples=1, max_concurrent=2,
-                       scheduler="fifo", dataset={"format": "synthetic", "n": 140, "image_size": 32},
+                       scheduler="fifo", dataset={"format": "synthetic", "n": 140, "image_size": 40},
                        # a 2-point grid: every choice narrowed but the attention
                        grid={"attention": ["none", "se"], "num_scales": [1], "num_patches": [4],
-                             "local_aggregation": ["mean"], "loss_weighting": ["fixed"], "image_size": [32]})
+                             "local_aggregation": ["mean"], "loss_weighting": ["fixed"], "image_size": [40]})
     space = tmp_path / "quickstart_grid.yaml"
     space.write_text(yaml.safe_dump(d))
     uri = mlflow_server.uri
