@@ -43,8 +43,7 @@ from torch import nn
 from fer_models.errors import UserError
 
 TTA_CHOICES = ("none", "flip")
-TAG_STAGE = "fer_automl.stage"  # set by the refit stage of a search: 'search' or 'refit' (old runs: absent)
-TAG_SEED = "fer_automl.seed"
+from .fidelity import TAG_SEED, TAG_STAGE  # set by a search's stages: 'search' or 'refit' (old runs: absent)
 REFIT = "refit"
 
 # model-version tags of an ensemble (beside registry's dataset, split, metric, classes, ... tags)
@@ -227,14 +226,9 @@ def _member_model_uri(client, uri: str, model_name: str, member: Member) -> str:
 
 
 def find_ensemble_version(client, model_name: str, key: str):
-    from mlflow.exceptions import MlflowException
+    from .registry import find_version_tagged
 
-    try:
-        found = client.search_model_versions(f"name = '{model_name}' and tags.`{TAG_ENSEMBLE_KEY}` = '{key}'")
-    except MlflowException:
-        return None
-    found = sorted(found, key=lambda v: int(v.version))
-    return found[0] if found else None
+    return find_version_tagged(client, model_name, TAG_ENSEMBLE_KEY, key)
 
 
 def register_ensemble(client, uri: str, cands: Sequence[Any], stage: str, tta: str, model_name: str,

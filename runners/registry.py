@@ -234,10 +234,15 @@ def trial_run(client, run_id: str, metric: str, uri: str) -> Candidate:
 
 def find_version(client, model_name: str, run_id: str):
     """The version of `model_name` already registered for this trial run, if any."""
+    return find_version_tagged(client, model_name, TAG_RUN_ID, run_id)
+
+
+def find_version_tagged(client, model_name: str, tag: str, value: str):
+    """The first version of `model_name` whose tag `tag` is `value`, if any."""
     from mlflow.exceptions import MlflowException
 
     try:
-        found = client.search_model_versions(f"name = '{model_name}' and tags.`{TAG_RUN_ID}` = '{run_id}'")
+        found = client.search_model_versions(f"name = '{model_name}' and tags.`{tag}` = '{value}'")
     except MlflowException:
         return None
     found = sorted(found, key=lambda v: int(v.version))
