@@ -38,7 +38,7 @@ def _merged(space_file, **flags):
 
 def test_format_and_data_replace_a_synthetic_dataset_keeping_image_size(tmp_path):
     spec = _merged("quickstart", format="imagefolder", data=str(tmp_path))
-    # quickstart's dataset is {format: synthetic, n: 4200, image_size: 48, num_classes: 7}: the
+    # quickstart's dataset is {format: synthetic, n: 3600, image_size: 48, num_classes: 7}: the
     # generator's keys go, the stored image size stays
     assert spec.dataset.model_dump(exclude_unset=True) == {"format": "imagefolder", "path": str(tmp_path),
                                                            "image_size": 48}
