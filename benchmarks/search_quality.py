@@ -60,6 +60,7 @@ from benchmarks._machine import cpu_name  # noqa: E402
 CMU_DEFAULT = REPO.parent / "shared" / "data" / "cmu_faces"
 PRESETS = ("baseline", "ma_net", "scan_cci", "scan_cci_shared", "phanet", "lnlnet")
 ARMS = ("a", "b", "c")
+B_SEED_OFFSET = 1000  # (b)'s searcher seed: the repeat's seed + this
 ARM_NAMES = {"a": "tpe+asha+fidelity+refit", "b": "random+fifo", "c": "preset alone"}
 # the equal-compute tolerance the suite checks: one arm's compute may differ from (a)'s by at most
 # half of one whole trial of that arm (trials are whole, see the module docstring)
@@ -166,6 +167,13 @@ def bench_space(*, backbone: str, image_size: int, epochs: int, batch_size: int 
         presets_ = {f"{name}__s{s}": {**p, "seed": s} for name, p in presets_.items() for s in seeds}
     return {"description": "search-quality benchmark space (benchmarks/search_quality.py)",
             "dimensions": dims, "constants": consts, "presets": presets_}
+
+
+def has_tpe_settings() -> bool:
+    """Whether this build's search spec has the `tpe` section (n_startup_trials, ...)."""
+    from search_spaces.spec import SearchSpec
+
+    return "tpe" in SearchSpec.model_fields
 
 
 def has_fidelity() -> bool:
@@ -326,13 +334,17 @@ def run_repeat(dataset: str, repeat: int, args, folder: Path, uri: str) -> Dict[
     unit = args.epochs * n_train  # U: one full-fidelity trial
     common = {"dataset": ds, "max_concurrent": args.concurrent, "resources": {"cpu": 1, "gpu": 0},
               "max_failures": 0, "metric": "val_balanced_accuracy", "mode": "max", "seed": seed}
-    space = bench_space(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs, train_seed=seed)
+    space = bench_space(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs, train_seed=seed,
+                        batch_size=args.batch_size)
     tag = f"{dataset}-r{repeat}"
     out: Dict[str, Any] = {"dataset": dataset, "repeat": repeat, "seed": seed, "n_train": n_train, "unit": unit}
 
     # (a) TPE + ASHA (+ fidelity and refit where this build has them)
     search_a = {**common, "algorithm": "tpe", "num_samples": args.a_samples,
-                "scheduler": {"type": "asha", "grace_period": 1, "max_t": args.epochs, "reduction_factor": 3}}
+                "scheduler": {"type": "asha", "grace_period": args.grace, "max_t": args.epochs,
+                              "reduction_factor": args.reduction_factor}}
+    if has_tpe_settings() and args.tpe_startup is not None:
+        search_a["tpe"] = {"n_startup_trials": args.tpe_startup}
     if has_fidelity():
         search_a["fidelity"] = {"train_fraction": args.train_fraction, "image_size": args.search_image_size,
                                 "refit": {"top_k": args.top_k, "seeds": args.refit_seeds}}
@@ -343,15 +355,18 @@ def run_repeat(dataset: str, repeat: int, args, folder: Path, uri: str) -> Dict[
 
     # (b) random + FIFO, full fidelity: round(B / U) whole trials
     nb = max(1, round(budget / unit))
+    # (b) draws its points with another seed than (a)'s TPE, whose random start-up would otherwise
+    # propose (b)'s very points (Optuna's TPE starts from a RandomSampler with the same seed)
     b = run_arm(folder, f"{tag}-b", space, {**common, "algorithm": "random", "num_samples": nb,
-                                            "scheduler": {"type": "fifo"}}, uri, n_train)
+                                            "seed": seed + B_SEED_OFFSET, "scheduler": {"type": "fifo"}},
+                uri, n_train)
 
     # (c) every preset alone with the whole budget: k seeds of E' epochs, k * E' * N ~ B
     k = max(1, min(args.preset_seeds, int(budget // unit)))
     epochs_c = max(1, round(budget / (k * n_train)))
     seeds = [seed * 100 + i for i in range(k)]
     space_c = bench_space(backbone=args.backbone, image_size=args.image_size, epochs=epochs_c, seeds=seeds,
-                          presets=args.presets)
+                          presets=args.presets, batch_size=args.batch_size)
     c = run_arm(folder, f"{tag}-c", space_c, {**common, "algorithm": "tpe", "presets": list(space_c["presets"]),
                                               "num_samples": len(space_c["presets"]), "scheduler": {"type": "fifo"}},
                 uri, n_train)
@@ -456,7 +471,8 @@ def format_table(summary: Dict[str, Any], repeats: List[Dict[str, Any]]) -> str:
 # --- main -------------------------------------------------------------------------------------------
 
 QUICK = dict(datasets="synthetic", repeats=1, synthetic_n=140, image_size=32, search_image_size=24, epochs=2,
-             a_samples=3, top_k=1, refit_seeds=1, preset_seeds=1, train_fraction=0.5, presets="baseline,phanet")
+             a_samples=3, top_k=1, refit_seeds=1, preset_seeds=1, train_fraction=0.5, presets="baseline,phanet",
+             tpe_startup=2, grace=1, batch_size=32)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -465,17 +481,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--cmu-path", default=str(CMU_DEFAULT), help="the CMU Face Images folder (format cmu_faces)")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the whole protocol (seed, seed+1, ...)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backbone", default="mobilenetv3_small_100")
-    p.add_argument("--image-size", type=int, default=48, help="full-fidelity image size")
+    p.add_argument("--backbone", default="fercnn", help="the space's backbone (fercnn: width 16, depth 1)")
+    p.add_argument("--image-size", type=int, default=40, help="full-fidelity image size")
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--search-image-size", type=int, default=32, help="(a)'s search-stage image size (fidelity)")
-    p.add_argument("--train-fraction", type=float, default=0.5, help="(a)'s search-stage training fraction (fidelity)")
-    p.add_argument("--epochs", type=int, default=3, help="E: epochs of a full-fidelity trial (ASHA's max_t)")
+    p.add_argument("--train-fraction", type=float, default=1.0,
+                   help="(a)'s search-stage training fraction (fidelity; 1: all the training data)")
+    p.add_argument("--epochs", type=int, default=8, help="E: epochs of a full-fidelity trial (ASHA's max_t)")
     p.add_argument("--a-samples", type=int, default=8, help="(a)'s search-stage trials")
+    p.add_argument("--tpe-startup", type=int, default=3,
+                   help="(a): TPE's random start-up trials (search.tpe.n_startup_trials; presets count)")
+    p.add_argument("--grace", type=int, default=2, help="(a): ASHA's grace period (epochs)")
+    p.add_argument("--reduction-factor", type=int, default=3, help="(a): ASHA's reduction factor")
     p.add_argument("--top-k", type=int, default=2, help="(a)'s refit: configurations refit")
     p.add_argument("--refit-seeds", type=int, default=2, help="(a)'s refit: seeds per configuration")
-    p.add_argument("--preset-seeds", type=int, default=2, help="(c): most seeds per preset (the budget decides)")
+    p.add_argument("--preset-seeds", type=int, default=8,
+                   help="(c): most seeds per preset (the budget decides: k = min(this, B // U), each of E' = B / (k N) epochs)")
     p.add_argument("--presets", default=",".join(PRESETS), help="(c): the presets, comma-separated")
-    p.add_argument("--synthetic-n", type=int, default=600, help="synthetic faces generated")
+    p.add_argument("--synthetic-n", type=int, default=2400, help="synthetic faces generated")
     p.add_argument("--concurrent", type=int, default=2, help="trials at once")
     p.add_argument("--out", default=None, help="write the results here (JSON) and the table beside it (.md)")
     p.add_argument("--keep", default=None, help="keep the MLflow store and Ray storage in this folder")

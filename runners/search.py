@@ -297,7 +297,8 @@ def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str,
         # (ASHA) still stops trials on the primary metric alone, given to TuneConfig
         metric, mode = ((spec.metric, spec.mode) if not spec.second_metric
                         else ([spec.metric, spec.second_metric], [spec.mode, "min"]))
-        sampler = (optuna.samplers.TPESampler(seed=spec.seed) if spec.algorithm == "tpe"
+        tpe_kw = spec.tpe.sampler_kwargs() if spec.tpe is not None else {}
+        sampler = (optuna.samplers.TPESampler(seed=spec.seed, **tpe_kw) if spec.algorithm == "tpe"
                    else optuna.samplers.RandomSampler(seed=spec.seed))
         # warm start (runners.warm_start): the study OptunaSearch loads already holds earlier trials
         seeded = warm.searcher_kwargs(space, mode if isinstance(mode, list) else [mode], sampler) if warm else {}

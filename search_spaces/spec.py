@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
 # What the trial reports every epoch (shared/DESIGN.md): the metric a search may optimise.
 REPORTED_METRICS = ("val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "val_objective",
@@ -127,6 +127,27 @@ class ConstraintsSpec(_Strict):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+class TPESpec(_Strict):
+    """Settings of Optuna's TPESampler (algorithm tpe). Left out: Optuna's defaults."""
+
+    n_startup_trials: Optional[StrictInt] = Field(
+        None, ge=0, description="trials drawn at random before TPE models the results (Optuna: 10); presets and "
+                                "warm-start trials count. A search of few trials wants fewer: with 8 trials and "
+                                "the default, TPE never runs")
+    multivariate: Optional[StrictBool] = Field(
+        None, description="true: model the dimensions jointly, with group=True for the space's conditional "
+                          "dimensions; false: one by one (Optuna 5's default: joint for one objective)")
+    constant_liar: Optional[StrictBool] = Field(
+        None, description="treat running trials as bad results, so that trials started together are not "
+                          "proposed at the same spot (Optuna 5's default: on)")
+
+    def sampler_kwargs(self) -> Dict[str, Any]:
+        kw = {k: v for k, v in self.model_dump().items() if v is not None}
+        if kw.get("multivariate"):
+            kw["group"] = True  # the space is conditional: TPE models each group of co-occurring dims
+        return kw
+
+
 class ResourcesSpec(_Strict):
     """Logical resources per trial (Ray): fractional GPUs let several trials share one GPU."""
 
@@ -215,6 +236,15 @@ class SearchSpec(_Strict):
         return self
     constraints: Optional[ConstraintsSpec] = Field(
         None, description="max_params, max_macs, max_latency_ms: points that break one are not trained")
+    tpe: Optional[TPESpec] = Field(None, description="Optuna TPESampler settings (algorithm tpe only): "
+                                                     "n_startup_trials, multivariate, constant_liar")
+
+    @model_validator(mode="after")
+    def _tpe_only(self) -> "SearchSpec":
+        if self.tpe is not None and self.algorithm != "tpe":
+            raise ValueError(f"tpe: {self.tpe.model_dump(exclude_none=True)} sets Optuna's TPE sampler, but "
+                             f"algorithm is {self.algorithm!r}; use algorithm: tpe or remove the tpe section")
+        return self
 
     @field_validator("name")
     @classmethod

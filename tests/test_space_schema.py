@@ -244,6 +244,10 @@ def test_search_section(tmp_path):
     ("search: {dataset: {format: folder}}", "search.dataset: dataset format 'folder' needs a path"),
     ("search: {num_samples: 0}", "search.num_samples"),
     ("search: {second_objective: flops}", "search.second_objective"),
+    ("search: {tpe: {n_startup_trials: -1}}", "search.tpe.n_startup_trials"),
+    ("search: {tpe: {n_startup: 3}}", "search.tpe.n_startup"),
+    ("search: {tpe: {multivariate: maybe}}", "search.tpe.multivariate"),
+    ("search: {algorithm: random, tpe: {n_startup_trials: 3}}", "algorithm is 'random'; use algorithm: tpe"),
 ])
 def test_bad_search_section(tmp_path, snippet, expected):
     assert expected in load_err(tmp_path, GOOD + snippet + "\n")
@@ -253,3 +257,23 @@ def test_every_error_is_reported_at_once(tmp_path):
     text = GOOD.replace("values: [32, 48]", "values: []").replace("low: 2, high: 6", "low: 8, high: 6")
     msg = load_err(tmp_path, text)
     assert "dimensions.image_size.values: empty choice" in msg and "dimensions.epochs: low=8 > high=6" in msg
+
+
+def test_tpe_settings_reach_optunas_sampler(tmp_path):
+    """search.tpe is handed to the TPESampler the search runs (runners.search._searcher); left out,
+    Optuna's own defaults hold."""
+    from optuna.samplers import TPESampler
+
+    from runners.search import _searcher
+
+    text = GOOD + "search: {seed: 1, tpe: {n_startup_trials: 3, multivariate: true, constant_liar: true}}\n"
+    space = load_space(write(tmp_path, text))
+    alg, _ = _searcher(space, space.search, max_epochs=2)
+    sampler = alg._sampler
+    assert isinstance(sampler, TPESampler)
+    assert (sampler._n_startup_trials, sampler._multivariate, sampler._group, sampler._constant_liar) == (3, True, True, True)
+    plain = load_space(write(tmp_path, GOOD + "search: {seed: 1}\n", name="plain.yaml"))
+    sampler = _searcher(plain, plain.search, max_epochs=2)[0]._sampler
+    default = TPESampler(seed=1)  # nothing given: nothing passed, Optuna's own defaults
+    assert (sampler._n_startup_trials, sampler._multivariate, sampler._group, sampler._constant_liar) == \
+        (default._n_startup_trials, default._multivariate, default._group, default._constant_liar)
