@@ -681,12 +681,24 @@ def _summarise_refit(res: SearchResult, grid, spec, client, parent_id: str, exp_
         failed = {r["config"]: r["num_failed"] for r in res.refit if r["num_failed"]}
         if failed:
             res.notes.append("refit: failed seeds: " + ", ".join(f"{c} {n}" for c, n in failed.items()))
+        # a failed refit seed is a failed trial of the search: counted (exit code 4), with its reason
+        for tid, status, reason, _ in ended:
+            if status == "failed":
+                res.failures[f"refit {tid}"] = reason or "error"
+        res.num_failed = len(res.failures)
+        mlf(client.set_tag, parent_id, "fer_automl.num_failed", str(res.num_failed))
         with tempfile.TemporaryDirectory(prefix="fer-refit-") as tmp:
             header, rows = refit_csv_rows(res.refit, spec.metric)
             _write_csv(Path(tmp) / "refit_leaderboard.csv", header, rows)
             mlf(client.log_artifact, parent_id, str(Path(tmp) / "refit_leaderboard.csv"))
         if res.refit_winner is not None:
             w = res.refit_winner
+            if w.get("point") and res.best_point_path is not None:
+                # the point to retrain is the refit stage's winner (best mean over seeds), not the
+                # search stage's best at reduced fidelity
+                res.best_point = dict(w["point"])
+                res.best_point_path.write_text(yaml.safe_dump(res.best_point, sort_keys=False))
+                mlf(client.log_artifact, parent_id, str(res.best_point_path))
             mlf(client.log_metric, parent_id, f"refit_best_{spec.metric}_mean", float(w[f"{spec.metric}_mean"]))
             mlf(client.set_tag, parent_id, TAG_REFIT_WINNER, f"{w['config']} (search trial {w['source_trial']})")
         if res.notes:

@@ -156,7 +156,13 @@ def test_a_two_stage_search_refits_the_top_configurations_at_full_fidelity(two_s
     assert [b["config"] for b in board] == [r["config"] for r in res.refit]
     assert json.loads(board[0]["trial_ids"]) == res.refit[0]["trial_ids"]
     arts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    assert {"leaderboard.csv", "refit_leaderboard.csv"} <= arts
+    assert {"leaderboard.csv", "refit_leaderboard.csv", "best_point.yaml"} <= arts
+    # best_point.yaml (what `fer-automl train --config` retrains) is the refit winner's point, on disk
+    # and on the parent run
+    assert res.best_point == res.refit_winner["point"]
+    assert yaml.safe_load(res.best_point_path.read_text()) == res.refit_winner["point"]
+    logged = client.download_artifacts(parents[0].info.run_id, "best_point.yaml", str(two_stage["tmp"] / "dl-bp"))
+    assert yaml.safe_load(Path(logged).read_text()) == res.refit_winner["point"]
 
 
 @pytest.mark.slow
@@ -265,3 +271,63 @@ def test_ctrl_c_in_the_refit_stage_and_resume_continue_the_refit_without_rerunni
     assert sorted(r.data.tags["fer_automl.seed"] for r in refit) == ["0", "1"]
     assert all(r.info.status == "FINISHED" and r.data.tags["fer_automl.status"] == "finished"
                and r.data.metrics["epoch"] == 2 for r in refit)
+
+
+@pytest.mark.slow
+def test_a_failed_refit_seed_is_a_failed_trial_and_the_search_exits_4(tmp_path, monkeypatch, capsys):
+    """A refit seed that fails counts in the search's failures like any trial: the summary, the
+    parent's num_failed tag and exit code 4 say so. The refit fails for real: the weights file one
+    configuration starts from is removed once the search stage is over (when the refit stage's Ray
+    run folder appears), so its refit trial finds no file."""
+    import threading
+    import time
+
+    import ray
+    import torch
+
+    from _space_helpers import SEARCH_TEST_BACKBONE
+    from fer_models import ModelConfig, build_model
+
+    monkeypatch.chdir(tmp_path)
+    sd = build_model(ModelConfig(num_classes=7, backbone=SEARCH_TEST_BACKBONE)).state_dict()
+    for name in ("a.pt", "b.pt"):
+        torch.save(sd, tmp_path / name)
+    d = search_test_space(name="refit-fails", presets=[], algorithm="grid", num_samples=1, max_concurrent=2,
+                          max_failures=0, dataset={"format": "synthetic", "n": N_IMAGES, "image_size": 32},
+                          scheduler={"type": "fifo"}, fidelity={"image_size": 24, "refit": {"top_k": 2, "seeds": 1}})
+    d["dimensions"] = {"weights": {"type": "choice", "maps_to": "model.pretrained_path",
+                                   "values": [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]}}
+    d["presets"] = {}
+    d["constants"].update({"train.epochs": 1, "model.num_patches": 0})
+    space = tmp_path / "refit-fails.yaml"
+    space.write_text(yaml.safe_dump(d))
+    refit_dir = tmp_path / "ray" / "refit-fails" / "refit"
+    done = threading.Event()
+
+    def remove_b_when_the_refit_starts():
+        while not done.is_set():
+            if refit_dir.exists():
+                (tmp_path / "b.pt").unlink()
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=remove_b_when_the_refit_starts, daemon=True)
+    watcher.start()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    try:
+        rc = main(["search", str(space), "--storage-path", str(tmp_path / "ray"), "--tracking-uri", uri])
+    finally:
+        done.set()
+        if ray.is_initialized():
+            ray.shutdown()
+    out, err = capsys.readouterr()
+    assert not (tmp_path / "b.pt").exists(), "the refit stage never started"
+    assert rc == 4, out[-3000:] + err[-2000:]
+    assert "search refit-fails: 2 trials + 2 refit trials, 1 failed" in out
+    assert "search refit-fails finished, but 1 of 4 trials failed" in err
+    assert "b.pt': no such file" in out + err
+    client, _, parents, children = search_runs(uri, "refit-fails")
+    assert parents[0].data.tags["fer_automl.num_failed"] == "1"
+    refit = {Path(r.data.params["weights"]).name: r for r in children if r.data.tags["fer_automl.stage"] == "refit"}
+    assert refit["a.pt"].data.tags["fer_automl.status"] == "finished"
+    assert refit["b.pt"].info.status == "FAILED" and refit["b.pt"].data.tags["fer_automl.status"] == "failed"

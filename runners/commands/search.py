@@ -34,7 +34,9 @@ def _search(args: argparse.Namespace) -> int:
                      storage_path=args.storage_path, address=args.address, tracking_uri=args.tracking_uri,
                      resume=args.resume, skip_corrupt=args.skip_corrupt, warm_start=args.warm_start)
     print()
-    print(f"search {res.name}: {len(res.leaderboard)} trials, {res.num_failed} failed"
+    n_refit = sum(len(r["seeds"]) for r in res.refit)
+    print(f"search {res.name}: {len(res.leaderboard)} trials" + (f" + {n_refit} refit trials" if n_refit else "")
+          + f", {res.num_failed} failed"
           + (f", {res.num_infeasible} infeasible (broke search.constraints: not trained)" if res.num_infeasible else ""))
     for row in res.leaderboard:
         if row["status"] == "infeasible":
@@ -76,7 +78,8 @@ def search_exit_code(res) -> int:
               f"writes: {res.tracking_paused}); rerun the same command with --resume once it does", file=sys.stderr)
         return EXIT_TRACKING_PAUSED
     if res.num_failed:
-        print(f"fer-automl: search {res.name} finished, but {res.num_failed} of {len(res.leaderboard)} trials failed "
+        total = len(res.leaderboard) + sum(len(r["seeds"]) for r in res.refit)
+        print(f"fer-automl: search {res.name} finished, but {res.num_failed} of {total} trials failed "
               "(their reasons are above and on their MLflow runs)", file=sys.stderr)
         return EXIT_SOME_FAILED
     return 0
