@@ -234,6 +234,15 @@ def _batches_to(device, batch):
 
 def evaluate(model, loss_fn, loader, device, classes: List[str], prefix: str, amp: bool,
              channels_last: bool) -> Dict[str, Any]:
+    if channels_last and device.type == "cpu":
+        # on a CPU the exported model runs in the default (NCHW) layout (predict, evaluate, serve):
+        # validation and test are computed in that layout too, so that `fer-automl evaluate` gives the
+        # trial's very figures; training goes back to channels_last after
+        model.to(memory_format=torch.contiguous_format)
+        try:
+            return evaluate(model, loss_fn, loader, device, classes, prefix, amp, False)
+        finally:
+            model.to(memory_format=torch.channels_last)
     model.eval()
     loss_fn.eval()
     ys, ps, poses, pose_preds, objectives, ce = [], [], [], [], [], 0.0
