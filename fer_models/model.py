@@ -347,6 +347,11 @@ def load_pretrained(model: FERNet, path: Union[str, Path]) -> Dict[str, List[str
         raise UserPathError(f"pretrained_path {str(p)!r} is a folder, not a state-dict file")
     if not p.is_file():
         raise UserPathError(f"pretrained_path {str(p)!r}: no such file")
+    from .official_weights import load_official  # issue 12: an official checkpoint maps itself
+
+    official = load_official(model, p)
+    if official is not None:
+        return official
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling/format error is the file's fault
