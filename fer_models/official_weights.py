@@ -86,7 +86,7 @@ def read_torch_checkpoint(path: Union[str, Path]) -> Tuple[Any, List[str]]:
     every class torch does not allow is an inert `OfficialObject`. Modules torch blocks outright
     (os, sys, ...) make the read fail: such a file is refused, not run."""
     p = Path(path)
-    unknown = _unsafe_globals(p)
+    unknown = sorted(_unsafe_globals(p))
     holders = [(_placeholder(g), g) for g in unknown]
     with torch.serialization.safe_globals(holders):
         obj = torch.load(p, map_location="cpu", weights_only=True)
