@@ -264,7 +264,7 @@ class ImportReport:
 
 
 def map_state_dict(sd: Dict[str, torch.Tensor], layout: str, model: torch.nn.Module,
-                   source: str = "the file") -> ImportReport:
+                   source: str = "the file", kind: str = "torch") -> ImportReport:
     """Map an official state dict onto `model` (a FERNet). Shape mismatches are errors; what is
     left over either side is reported (the caller refuses an incomplete map unless partial)."""
     if layout not in LAYOUTS:
@@ -288,7 +288,7 @@ def map_state_dict(sd: Dict[str, torch.Tensor], layout: str, model: torch.nn.Mod
     else:
         first = ", ".join(list(sd)[:3])
         raise UserError(f"{source}: its keys ({first}, ...) are not the {layout!r} layout "
-                        f"(detected: {detect_layout(sd, 'numpy') or detect_layout(sd, 'torch') or 'none'})")
+                        f"(its keys say: {detect_layout(sd, kind) or 'no known layout'})")
     out: Dict[str, torch.Tensor] = {}
     mapped: Dict[str, str] = {}
     left_file: List[str] = []
@@ -322,14 +322,15 @@ def import_official(path: Union[str, Path], layout: Optional[str], model: torch.
     return import_state_dict(sd, kind, skipped, str(path), layout, model, partial)
 
 
-def import_state_dict(sd: Dict[str, torch.Tensor], kind: str, skipped: List[str], src: str, layout: Optional[str],
-            model: torch.nn.Module, partial: bool) -> ImportReport:
+def import_state_dict(sd: Dict[str, torch.Tensor], kind: str, skipped: List[str], src: str,
+                      layout: Optional[str], model: torch.nn.Module, partial: bool) -> ImportReport:
+    """`import_official` on a state dict `read_official` returned."""
     if layout is None:
         layout = detect_layout(sd, kind)
         if layout is None:
             raise UserError(f"{src!r}: not a known official layout (first keys: {', '.join(list(sd)[:3])}); "
                             f"name one with --from ({', '.join(LAYOUTS)})")
-    rep = map_state_dict(sd, layout, model, source=repr(src))
+    rep = map_state_dict(sd, layout, model, source=repr(src), kind=kind)
     rep.skipped_objects = skipped
     if not rep.mapped:
         raise UserError(f"{src!r}: no tensor of layout {layout!r} maps onto the model")
