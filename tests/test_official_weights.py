@@ -14,7 +14,6 @@ import contextlib
 import os
 import pickle
 import sys
-from pathlib import Path
 from typing import Dict, Tuple
 
 import numpy as np
