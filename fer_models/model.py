@@ -34,6 +34,7 @@ from .backbone import Backbone
 from .blocks import attention_basic_stages, multiscale_stages
 from .config import ModelConfig
 from .errors import UserError, UserPathError
+from .official_init import official_bottom_strip, official_init
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,14 @@ def patch_bounds(size: int, grid: int, mode: str) -> List[Tuple[int, int]]:
     (SCAN-CCI: 28 -> 6,6,6,6,4; MA-Net: 28 -> 14,14). 'even': sizes differ by at most one."""
     if grid > size:
         raise UserError(f"a {grid}x{grid} grid does not fit a feature map of {size}x{size}")
+    if mode == "ceil_official":  # the same bounds; the bottom strip's cells are re-cut in FERNet._split
+        bounds = patch_bounds(size, grid, "ceil")
+        last = bounds[-1][1] - bounds[-1][0]
+        if grid > 1 and last != grid - 1:
+            raise UserError(f"patch_split='ceil_official' reproduces SCAN-CCI's cut, whose bottom strip of {grid - 1} "
+                             f"cells is cut into its rows: it needs a last cell of {grid - 1} (a 28x28 map in 5x5), "
+                             f"but {size} in {grid} leaves {last}; use patch_split='ceil'")
+        return bounds
     if mode == "ceil":
         step = math.ceil(size / grid)
         if step * (grid - 1) >= size:
@@ -194,6 +203,8 @@ class FERNet(nn.Module):
             self.pose_head = _head(global_dim, cfg.num_pose_classes, cfg.dropout)
 
         self.branches = self._branch_names()
+        if cfg.init == "official":
+            official_init(self)
 
     # ------------------------------------------------------------------------------------------
     def _branch_names(self) -> List[str]:
@@ -240,7 +251,10 @@ class FERNet(nn.Module):
         except ValueError as exc:
             raise UserError(f"num_patches={self.cfg.num_patches} on the stage-{self.cfg.split_stage} map of "
                              f"{h}x{w}: {exc}") from None
-        return [x[..., r0:r1, c0:c1] for r0, r1 in rows for c0, c1 in cols]
+        cells = [x[..., r0:r1, c0:c1] for r0, r1 in rows for c0, c1 in cols]
+        if mode == "ceil_official" and g > 1:
+            cells[g * (g - 1):g * g - 1] = official_bottom_strip(x, rows, cols)
+        return cells
 
     def _local_net(self, i: int) -> nn.Module:
         return self.local_nets[0 if self.cfg.local_shared else i]

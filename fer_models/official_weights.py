@@ -14,6 +14,12 @@ Layouts (issue 12, item 2):
                      named like torchvision's ResNet: conv1.weight, layer1.0.conv1.weight, ...,
                      fc 8631 x 2048, the names the public VGGFace2-pytorch conversion loads by) -> the
                      backbone of a resnet50 preset. Caffe's own names ('conv1/7x7_s2') are not read.
+  scan_cci           SCAN-CCI's checkpoint (1980x/SCAN-CCI-FER main_*.py): `torch.save` of a dict with
+                     'base_state_dict' (ResNet-50 to layer3), 'attention_state_dict' (the 25 local SCANs,
+                     or one shared, the global SCAN, the FC), 'region_state_dict' (CCI: ECA + the MLP
+                     'region_net', repeated as 'classifiers.j'), each 'module.'-prefixed -> the whole
+                     `scan_cci` / `scan_cci_shared` preset. Read as one state dict with the prefixes
+                     'base.', 'attention.', 'region.'.
 
 Reading never runs pickled code: torch files go through `torch.load(weights_only=True)`, whose
 unknown globals (found by a static scan of the pickle, never imported) are replaced by inert
@@ -35,7 +41,9 @@ import torch
 
 from .errors import UserError, UserPathError
 
-LAYOUTS = ("ma_net", "ma_net_msceleb", "vggface2_resnet50")
+LAYOUTS = ("ma_net", "ma_net_msceleb", "vggface2_resnet50", "scan_cci")
+# SCAN-CCI saves its three networks side by side: read as one state dict under these prefixes
+SCAN_PARTS = {"base_state_dict": "base.", "attention_state_dict": "attention.", "region_state_dict": "region."}
 MSCELEB_CLASSES = 12666  # MA-Net's MS-Celeb-1M identities (MANet's default num_classes)
 
 
@@ -152,6 +160,9 @@ def read_official(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], str,
 
 
 def _state_dict_of(obj: Any, p: Path) -> Dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and all(isinstance(obj.get(k), dict) for k in SCAN_PARTS):
+        obj = {pre + (k[7:] if k.startswith("module.") else k): v
+               for part, pre in SCAN_PARTS.items() for k, v in obj[part].items() if isinstance(k, str)}
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -174,6 +185,10 @@ def _is_manet(sd: Dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("layer3_1_p1.") for k in sd) and "fc_1.weight" in sd
 
 
+def _is_scan(sd: Dict[str, torch.Tensor]) -> bool:
+    return "attention.fc.weight" in sd and any(k.startswith("region.region_net.") for k in sd)
+
+
 def _is_resnet(sd: Dict[str, torch.Tensor]) -> bool:
     return "conv1.weight" in sd and "layer1.0.conv1.weight" in sd
 
@@ -181,6 +196,8 @@ def _is_resnet(sd: Dict[str, torch.Tensor]) -> bool:
 def detect_layout(sd: Dict[str, torch.Tensor], kind: str) -> Optional[str]:
     """The layout a state dict's keys and shapes say it is; None for anything else (this
     project's own keys, a timm state dict, ...)."""
+    if _is_scan(sd):
+        return "scan_cci"
     if _is_manet(sd):
         return "ma_net_msceleb" if sd["fc_1.weight"].shape[0] == MSCELEB_CLASSES else "ma_net"
     if _is_resnet(sd):
@@ -239,6 +256,49 @@ def _ma_net_key(k: str, local_blocks: int, ms_blocks: int, heads: bool) -> Optio
     return None
 
 
+def scan_patch_index(k: int, grid: int) -> int:
+    """Official SCAN patch k -> this project's row-major grid index: the official order is the
+    (g-1)^2 interior cells (row-major), then the right column, the bottom row, the corner."""
+    n = grid - 1
+    if k < n * n:
+        r, c = divmod(k, n)
+    elif k < n * n + n:
+        r, c = k - n * n, n
+    elif k < n * n + 2 * n:
+        r, c = n, k - n * n - n
+    else:
+        r = c = n
+    return r * grid + c
+
+
+_SCAN_MASK = {"0": "conv", "1": "act", "2": "bn"}  # Attentiomasknet: conv3x3, PReLU, BN (then sigmoid)
+
+
+def _scan_key(k: str, model: torch.nn.Module) -> Optional[Mapped]:
+    cfg = model.cfg
+    if k.startswith("base."):
+        return _backbone_key(k[5:])
+    m = re.fullmatch(r"attention\.local_attention_masks\.(?:(\d+)\.)?attention\.([012])\.(.+)", k)
+    if m:  # one SCAN per patch ('local_attention_masks.k.'), or one shared (no index)
+        idx = 0 if m.group(1) is None else scan_patch_index(int(m.group(1)), cfg.grid)
+        return f"local_nets.{idx}.module.{_SCAN_MASK[m.group(2)]}.{m.group(3)}", _same
+    m = re.fullmatch(r"attention\.global_attention_mask\.attention\.([012])\.(.+)", k)
+    if m and len(getattr(model, "scale_stages", [])) == 1:
+        return f"global_attn.{model.scale_stages[0]}.module.{_SCAN_MASK[m.group(1)]}.{m.group(2)}", _same
+    m = re.fullmatch(r"attention\.fc\.(weight|bias)", k)
+    if m:  # the official FC reads [local, global], the preset's joint head [global, local]: swap the halves
+        head = "joint_head.1." if isinstance(getattr(model, "joint_head", None), torch.nn.Sequential) else "joint_head."
+        fn = (lambda t: t.roll(t.shape[1] // 2, dims=1)) if m.group(1) == "weight" else _same
+        return head + m.group(1), fn
+    if k == "region.eca.conv.weight":
+        return "context_eca.module.conv.weight", _same
+    m = re.fullmatch(r"region\.(?:region_net|classifiers\.(\d))\.([02])\.(weight|bias)", k)
+    if m:  # CCI's MLP (Linear, ReLU, Linear); 'classifiers.j' is the same module as 'region_net' again
+        j = 0 if m.group(1) is None or cfg.context_shared else int(m.group(1))
+        return f"context_mlps.{j}.{0 if m.group(2) == '0' else 3}.{m.group(3)}", _same
+    return None
+
+
 def _backbone_key(k: str) -> Optional[Mapped]:
     return ("backbone.body." + k, _same) if not k.startswith("fc.") else None
 
@@ -280,6 +340,13 @@ def map_state_dict(sd: Dict[str, torch.Tensor], layout: str, model: torch.nn.Mod
 
         def in_scope(k: str) -> bool:
             return heads or not k.startswith(("local_head.", "global_head."))
+    elif layout == "scan_cci" and _is_scan(sd):
+
+        def key_fn(k: str) -> Optional[Mapped]:
+            return _scan_key(k, model)
+
+        def in_scope(k: str) -> bool:
+            return True  # the whole preset
     elif layout in ("ma_net_msceleb", "vggface2_resnet50") and _is_resnet(sd) and not manet_form:
         key_fn = _backbone_key
 
