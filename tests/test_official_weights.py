@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fer_models import build_model, preset_config
+from fer_models.config import ModelConfig
 from fer_models.errors import UserError
 from fer_models.official_weights import detect_layout, import_official, read_official
 from runners.cli import main
@@ -378,3 +379,188 @@ def test_cli_import_weights_end_to_end(manet_file, tmp_path, capsys):
     assert "PARTIAL" in text and "model only local_nets.3.0.conv1.weight" in text
     assert "mapped   layer3_1_p1.0.cbam.SpatialGate.spatial.conv.weight -> " \
            "local_nets.0.0.se.module.spatial.conv.conv.weight" in text
+
+
+# ---- SCAN-CCI: three state dicts -> the whole scan_cci / scan_cci_shared preset ------------------
+# Test data from reading the official SCAN-CCI code (1980x/SCAN-CCI-FER, models/attentionnet.py,
+# models/resnet.py, main_*.py): 'base_state_dict' = torchvision-named ResNet-50 to layer3;
+# 'attention_state_dict' = 'local_attention_masks.K.attention.{0 conv3x3, 1 PReLU, 2 BN}' (no K when
+# shared), 'global_attention_mask.attention.*', 'fc' (C x 2*512 over [local, global]);
+# 'region_state_dict' = 'eca.conv' (1D, k=5), 'region_net.{0,2}' (1024-256-C) and the same MLP
+# again as 'classifiers.{0..3}.*'; every part 'module.'-prefixed (DataParallel).
+def _mask(s: Shapes, name: str, c: int) -> None:
+    s[f"{name}.attention.0.weight"] = (c, c, 3, 3)
+    s[f"{name}.attention.1.weight"] = (c,)
+    _bn(s, f"{name}.attention.2", c)
+
+
+def scan_parts(shared: bool, num_classes: int = 7, base: str = "resnet50") -> Dict[str, Dict[str, torch.Tensor]]:
+    if base == "resnet50":
+        b = {k: v for k, v in resnet50_shapes().items() if not k.startswith(("layer4.", "fc."))}
+        b.update({k[:-len("running_var")] + "num_batches_tracked": () for k in b if k.endswith("running_var")})
+        c, c3 = 512, 1024
+    else:  # a ResNet-18 base: the same official key names at 1/4 the width (fast per-patch tests)
+        b = {k: v for k, v in resnet18_shapes(2).items() if not k.startswith(("layer4.", "fc."))}
+        c, c3 = 128, 256
+    a: Shapes = {}
+    for k in ([None] if shared else range(25)):
+        _mask(a, "local_attention_masks" + ("" if k is None else f".{k}"), c)
+    _mask(a, "global_attention_mask", c)
+    a["fc.weight"], a["fc.bias"] = (num_classes, 2 * c), (num_classes,)
+    h = 256  # the official 1024 // 4 (the preset's context_hidden)
+    r: Shapes = {"eca.conv.weight": (1, 1, 5), "region_net.0.weight": (h, c3), "region_net.0.bias": (h,),
+                 "region_net.2.weight": (num_classes, h), "region_net.2.bias": (num_classes,)}
+    parts = {"base": random_state(b, 5), "attention": random_state(a, 6), "region": random_state(r, 7)}
+    for j in range(4):  # the shared module under its 4 other names: the same tensors
+        parts["region"].update({f"classifiers.{j}.{k[len('region_net.'):]}": v
+                                for k, v in list(parts["region"].items()) if k.startswith("region_net.")})
+    return parts
+
+
+def save_scan(parts, path, drop=()):
+    torch.save({"epoch": 12, "best_prec1": torch.tensor(89.5), "optimizer": {"state": {}, "param_groups": []},
+                **{f"{p}_state_dict": {"module." + k: v for k, v in sd.items() if f"{p}.{k}" not in drop}
+                   for p, sd in parts.items()}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scan_file(tmp_path_factory):
+    parts = scan_parts(shared=True)
+    return save_scan(parts, tmp_path_factory.mktemp("scan") / "model_best.pth.tar"), parts
+
+
+def test_scan_cci_checkpoint_fills_the_whole_shared_preset(scan_file, tmp_path, capsys):
+    path, parts = scan_file
+    model = build_model(preset_config("scan_cci_shared"))
+    rep = import_official(path, None, model)
+    assert rep.layout == "scan_cci" and not rep.left_in_file and not rep.left_in_model and not rep.outside_scope
+    assert len(rep.mapped) == sum(len(p) for p in parts.values())
+    assert set(rep.state_dict) == set(model.state_dict())  # every tensor of the preset
+    t, att, reg = rep.state_dict, parts["attention"], parts["region"]
+    assert torch.equal(t["backbone.body.layer3.5.bn3.running_mean"], parts["base"]["layer3.5.bn3.running_mean"])
+    assert torch.equal(t["local_nets.0.module.conv.weight"], att["local_attention_masks.attention.0.weight"])
+    assert torch.equal(t["local_nets.0.module.act.weight"], att["local_attention_masks.attention.1.weight"])
+    assert torch.equal(t["global_attn.2.module.bn.running_var"], att["global_attention_mask.attention.2.running_var"])
+    assert torch.equal(t["context_eca.module.conv.weight"], reg["eca.conv.weight"])
+    assert torch.equal(t["context_mlps.0.3.weight"], reg["region_net.2.weight"])
+    # the official FC reads [local, global], the preset's joint head [global, local]: same function
+    w, b = att["fc.weight"], att["fc.bias"]
+    loc, glo = torch.randn(3, 512), torch.randn(3, 512)
+    head = model.joint_head
+    head.load_state_dict({"weight": t["joint_head.weight"], "bias": t["joint_head.bias"]})
+    with torch.no_grad():  # N(0, 1) weights over 1,024 inputs: float32 summation order differs ~1e-5
+        torch.testing.assert_close(head(torch.cat([glo, loc], 1)), F.linear(torch.cat([loc, glo], 1), w, b),
+                                   rtol=1e-4, atol=1e-4)
+    # pretrained_path detects the layout and loads all of it
+    loaded = build_model(preset_config("scan_cci_shared", pretrained_path=str(path)))
+    assert loaded.pretrained_report["layout"] == ["scan_cci"] and not loaded.pretrained_report["missing"]
+    assert torch.equal(loaded.state_dict()["local_nets.0.module.bn.bias"], att["local_attention_masks.attention.2.bias"])
+    # the CLI: the counts, then a plain state dict of this project's keys
+    out = tmp_path / "scan.pt"
+    assert main(["models", "import-weights", str(path), "--from", "scan_cci", "--preset", "scan_cci_shared",
+                 "--out", str(out)]) == 0
+    assert f"scan_cci: {len(rep.mapped)} tensors mapped" in capsys.readouterr().out
+    assert set(torch.load(out, weights_only=True)) == set(model.state_dict())
+
+
+def test_scan_cci_per_patch_order_and_context(tmp_path):
+    """Official patch k (16 interior row-major, then the right column, the bottom row, the corner)
+    -> row-major grid index; a per-region preset (context_shared=False) gets the MLP 4 times."""
+    parts = scan_parts(shared=False, base="resnet18")
+    f = save_scan(parts, tmp_path / "scan_r18.pth")
+    model = build_model(preset_config("scan_cci", backbone="resnet18", context_shared=False))
+    rep = import_official(f, "scan_cci", model)
+    assert not rep.left_in_model and not rep.left_in_file
+    att = parts["attention"]
+    # (official k, grid index): interior (1,1) and (3,3); right column row 0 and 3; bottom row col 0 and 3; corner
+    for k, idx in ((5, 6), (15, 18), (16, 4), (19, 19), (20, 20), (23, 23), (24, 24), (0, 0), (3, 3), (4, 5)):
+        assert torch.equal(rep.state_dict[f"local_nets.{idx}.module.conv.weight"],
+                           att[f"local_attention_masks.{k}.attention.0.weight"]), (k, idx)
+    for j in range(4):
+        assert torch.equal(rep.state_dict[f"context_mlps.{j}.0.bias"], parts["region"]["region_net.0.bias"])
+
+
+def test_scan_cci_partial_and_mismatched_files_are_refused(tmp_path):
+    parts = scan_parts(shared=False, base="resnet18")
+    cut = save_scan(parts, tmp_path / "cut.pth", drop={"region.eca.conv.weight"})
+    model = build_model(preset_config("scan_cci", backbone="resnet18"))
+    with pytest.raises(UserError, match=r"cut\.pth.*'scan_cci'.*context_eca\.module\.conv\.weight.*--partial"):
+        import_official(cut, None, model)
+    assert import_official(cut, None, model, partial=True).left_in_model == ["context_eca.module.conv.weight"]
+    # a shared-SCAN file onto the per-patch preset: 24 local SCANs would stay empty
+    shared = save_scan(scan_parts(shared=True, base="resnet18"), tmp_path / "shared.pth")
+    with pytest.raises(UserError, match=r"local_nets\.1\.module\.conv\.weight.*--partial"):
+        import_official(shared, "scan_cci", model)
+    # the three parts, but only a ResNet inside: not this layout
+    base_only = save_scan({"base": parts["base"], "attention": {}, "region": {}}, tmp_path / "base.pth")
+    with pytest.raises(UserError, match="not the 'scan_cci' layout"):
+        import_official(base_only, "scan_cci", model)
+
+
+# ---- patch_split: ceil_official (issue 12, item 3) -----------------------------------------------
+def _official_cut(x: torch.Tensor):
+    """SCAN-CCI's 25 cells of a 28x28 map, described independently, in row-major grid order:
+    6x6 cells, a 6x4 right column, a 4x4 corner, and a bottom strip whose cell j is the strip's
+    row j (28 - 4 = 24..27) read as 4 windows of 6 columns."""
+    cells = {}
+    for r in range(4):
+        for c in range(4):
+            cells[r * 5 + c] = x[..., 6 * r:6 * r + 6, 6 * c:6 * c + 6]
+        cells[r * 5 + 4] = x[..., 6 * r:6 * r + 6, 24:28]
+    for j in range(4):
+        row = x[..., 24 + j, 0:24]  # B, C, 24
+        cells[20 + j] = torch.stack([row[..., 6 * a:6 * a + 6] for a in range(4)], dim=-2)  # B, C, 4, 6
+    cells[24] = x[..., 24:28, 24:28]
+    return [cells[i] for i in range(25)]
+
+
+def test_ceil_official_cuts_like_the_official_code_and_ceil_stays_correct():
+    x = torch.randn(2, 3, 28, 28)
+    cfg = dict(backbone="resnet10t", num_patches=25, local_shared=True, local_aggregation="max")
+    official = build_model({**cfg, "patch_split": "ceil_official"})._split(x)
+    correct = build_model({**cfg, "patch_split": "ceil"})._split(x)
+    expected = _official_cut(x)
+    for i in range(25):
+        assert torch.equal(official[i], expected[i]), i
+        same = torch.equal(correct[i], expected[i])
+        assert same == (i not in (20, 21, 22, 23)), i  # the correct cut differs on the bottom strip only
+    assert torch.equal(correct[21], x[..., 24:28, 6:12])
+    assert ModelConfig().patch_split == "even" and preset_config("scan_cci").patch_split == "ceil"
+
+
+def test_ceil_official_refuses_a_map_it_cannot_cut():
+    from fer_models.model import patch_bounds
+
+    assert patch_bounds(28, 5, "ceil_official") == patch_bounds(28, 5, "ceil")
+    assert [b - a for a, b in patch_bounds(8, 3, "ceil_official")] == [3, 3, 2]  # last cell 2 = grid - 1: cuttable
+    with pytest.raises(UserError, match=r"ceil_official.*14 in 5 leaves 2.*patch_split='ceil'"):
+        patch_bounds(14, 5, "ceil_official")
+    with pytest.raises(UserError, match="image_size=112"):  # resnet50 layer2 at 112 px: 14x14
+        build_model(preset_config("scan_cci_shared", patch_split="ceil_official"), image_size=112)
+
+
+# ---- init: official (issue 12, item 3) -------------------------------------------------------------
+def test_init_official_kaiming_fan_out_outside_the_trunk():
+    cfg = dict(backbone="resnet18", attention="cbam", num_patches=4, patch_split="ceil", local_kind="deep",
+               local_shared=True, local_aggregation="stitch", global_branch="multiscale", num_scales=4)
+    torch.manual_seed(0)
+    plain = build_model(cfg)
+    torch.manual_seed(0)
+    off = build_model({**cfg, "init": "official"})
+    # the trunk is untouched: the same seed gives the same backbone
+    trunk = {k: v for k, v in off.state_dict().items() if k.startswith("backbone.")}
+    assert trunk and all(torch.equal(v, plain.state_dict()[k]) for k, v in trunk.items())
+    # a 3x3 conv of a local copy: std sqrt(2 / fan_out), fan_out = 256 * 9 (default init: ~1/sqrt(3 fan_in))
+    w = off.local_nets[0][0].conv1.weight
+    assert tuple(w.shape) == (256, 128, 3, 3)
+    expected = (2 / (256 * 9)) ** 0.5
+    assert abs(w.std().item() / expected - 1) < 0.03, (w.std().item(), expected)
+    assert abs(plain.local_nets[0][0].conv1.weight.std().item() / expected - 1) > 0.2
+    ms = off.ms_stages[0].cascade_a[0][0].weight  # the multi-scale branch too
+    assert abs(ms.std().item() / (2 / (ms.shape[0] * 9)) ** 0.5 - 1) < 0.1
+    # CBAM: spatial gate's BN momentum 0.01 (timm: 0.1); its channel MLP (Linear officially) keeps the default
+    sp = off.local_nets[0][0].se.module.spatial.conv.bn
+    assert sp.momentum == 0.01 and plain.local_nets[0][0].se.module.spatial.conv.bn.momentum == 0.1
+    fc1 = off.local_nets[0][0].se.module.channel.fc1.weight
+    assert torch.equal(fc1, plain.local_nets[0][0].se.module.channel.fc1.weight)
