@@ -60,8 +60,8 @@ def patch_bounds(size: int, grid: int, mode: str) -> List[Tuple[int, int]]:
         bounds = patch_bounds(size, grid, "ceil")
         last = bounds[-1][1] - bounds[-1][0]
         if grid > 1 and last != grid - 1:
-            raise UserError(f"patch_split='ceil_official' reproduces SCAN-CCI's cut, whose bottom strip of {grid - 1} "
-                             f"cells is cut into its rows: it needs a last cell of {grid - 1} (a 28x28 map in 5x5), "
+            raise UserError(f"patch_split='ceil_official' reproduces SCAN-CCI's cut, which cuts the bottom strip into "
+                             f"its rows: the last cell must be grid-1 = {grid - 1} wide (SCAN-CCI: 28 in 5 leaves 4), "
                              f"but {size} in {grid} leaves {last}; use patch_split='ceil'")
         return bounds
     if mode == "ceil":
