@@ -426,13 +426,13 @@ def save_scan(parts, path, drop=()):
 
 @pytest.fixture(scope="module")
 def scan_file(tmp_path_factory):
-    parts = scan_parts(shared=True)
+    parts = scan_parts(shared=True, num_classes=8)  # AffectNet's 8 classes: the CLI reads them from the FC
     return save_scan(parts, tmp_path_factory.mktemp("scan") / "model_best.pth.tar"), parts
 
 
 def test_scan_cci_checkpoint_fills_the_whole_shared_preset(scan_file, tmp_path, capsys):
     path, parts = scan_file
-    model = build_model(preset_config("scan_cci_shared"))
+    model = build_model(preset_config("scan_cci_shared", num_classes=8))
     rep = import_official(path, None, model)
     assert rep.layout == "scan_cci" and not rep.left_in_file and not rep.left_in_model and not rep.outside_scope
     assert len(rep.mapped) == sum(len(p) for p in parts.values())
@@ -453,14 +453,16 @@ def test_scan_cci_checkpoint_fills_the_whole_shared_preset(scan_file, tmp_path, 
         torch.testing.assert_close(head(torch.cat([glo, loc], 1)), F.linear(torch.cat([loc, glo], 1), w, b),
                                    rtol=1e-4, atol=1e-4)
     # pretrained_path detects the layout and loads all of it
-    loaded = build_model(preset_config("scan_cci_shared", pretrained_path=str(path)))
+    loaded = build_model(preset_config("scan_cci_shared", num_classes=8, pretrained_path=str(path)))
     assert loaded.pretrained_report["layout"] == ["scan_cci"] and not loaded.pretrained_report["missing"]
     assert torch.equal(loaded.state_dict()["local_nets.0.module.bn.bias"], att["local_attention_masks.attention.2.bias"])
     # the CLI: the counts, then a plain state dict of this project's keys
     out = tmp_path / "scan.pt"
     assert main(["models", "import-weights", str(path), "--from", "scan_cci", "--preset", "scan_cci_shared",
                  "--out", str(out)]) == 0
-    assert f"scan_cci: {len(rep.mapped)} tensors mapped" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "num_classes=8" in text and f"scan_cci: {len(rep.mapped)} tensors mapped" in text
+    assert "patch_split: ceil_official" in text
     assert set(torch.load(out, weights_only=True)) == set(model.state_dict())
 
 

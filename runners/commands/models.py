@@ -156,8 +156,8 @@ def _import_weights(args: argparse.Namespace) -> int:
     layout = args.layout or detect_layout(sd, kind)
     num_classes = args.num_classes
     if num_classes is None:
-        fc = sd.get("fc_1.weight")
-        num_classes = fc.shape[0] if layout == "ma_net" and fc is not None else 7
+        fc = sd.get({"ma_net": "fc_1.weight", "scan_cci": "attention.fc.weight"}.get(layout or "", ""))
+        num_classes = fc.shape[0] if fc is not None else 7
         if not NUM_CLASSES_RANGE[0] <= num_classes <= NUM_CLASSES_RANGE[1]:
             raise UserError(f"{args.file}: its classifier has {num_classes} rows; give --num-classes")
     cfg = _load_config(args.preset, num_classes)
@@ -177,6 +177,8 @@ def _import_weights(args: argparse.Namespace) -> int:
             print(f"  model only {k}")
     elif rep.left_in_file:
         print(f"  left over in the file: {', '.join(rep.left_in_file[:6])}{' ...' if len(rep.left_in_file) > 6 else ''}")
+    if layout == "scan_cci" and cfg.patch_split != "ceil_official":
+        print("  the published network cuts its bottom patches its own way: build it with patch_split: ceil_official")
     if rep.left_in_model:
         print(f"  PARTIAL: not filled: {', '.join(rep.left_in_model[:6])}{' ...' if len(rep.left_in_model) > 6 else ''}")
     return 0
