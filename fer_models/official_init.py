@@ -6,8 +6,9 @@ item 3), kept apart so that the builder's own path stays the plain one:
   axis: official patch j is the strip's row j, laid out as (g-1) windows of `step` columns,
   instead of the strip's j-th block of `step` columns. The other cells are cut correctly.
 - `official_init` (`init: official`): kaiming-normal fan-out in the convolutions outside the
-  backbone trunk and BN momentum 0.01 in CBAM's spatial gate, as the official MA-Net code
-  initialises its network (the trunk keeps timm's init or the pretrained weights).
+  backbone trunk, BN weight 1 / bias 0, and BN momentum 0.01 in CBAM's spatial gate, as the
+  official MA-Net code initialises its network (zengqunzhao/MA-Net model/manet.py, attention.py);
+  the trunk keeps timm's init or the pretrained weights.
 """
 from __future__ import annotations
 
@@ -38,10 +39,8 @@ def official_init(model: nn.Module) -> None:
     for name, m in model.named_modules():
         if name == "backbone" or name.startswith("backbone.") or id(m) in linear_like:
             continue  # the trunk: timm's init or the pretrained weights, untouched
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d):  # the weight only: the official loop leaves a bias as PyTorch made it
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
