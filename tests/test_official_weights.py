@@ -528,6 +528,11 @@ def test_ceil_official_cuts_like_the_official_code_and_ceil_stays_correct():
         same = torch.equal(correct[i], expected[i])
         assert same == (i not in (20, 21, 22, 23)), i  # the correct cut differs on the bottom strip only
     assert torch.equal(correct[21], x[..., 24:28, 6:12])
+    # a whole forward: resnet10t's layer2 map at 224 px is 28x28, the per-patch SCANs take the official cells
+    model = build_model({**cfg, "patch_split": "ceil_official", "local_shared": False, "attention": "spatio_channel"},
+                        image_size=224).eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 224, 224)).logits).all()
     assert ModelConfig().patch_split == "even" and preset_config("scan_cci").patch_split == "ceil"
 
 
