@@ -401,6 +401,13 @@ def import_state_dict(sd: Dict[str, torch.Tensor], kind: str, skipped: List[str]
     rep.skipped_objects = skipped
     if not rep.mapped:
         raise UserError(f"{src!r}: no tensor of layout {layout!r} maps onto the model")
+    if layout == "scan_cci" and rep.left_in_file and not partial:
+        # the file is the whole published network: a tensor with no place in the model is a mismatch
+        # (25 per-patch SCANs onto the shared preset would run patch 0's SCAN everywhere)
+        hint = ("; its SCANs are one per patch: use preset scan_cci (local_shared: false)"
+                if any(k.startswith("attention.local_attention_masks.1.") for k in rep.left_in_file) else "")
+        raise UserError(f"{src!r} (layout 'scan_cci'): {len(rep.left_in_file)} of its tensors have no place in the "
+                        f"model, first {', '.join(rep.left_in_file[:3])}{hint}; pass --partial to load the rest anyway")
     if rep.left_in_model and not partial:
         raise UserError(f"{src!r} (layout {layout!r}) fills only {len(rep.mapped)} tensors: "
                         f"{len(rep.left_in_model)} of the model stay empty, first "

@@ -494,6 +494,12 @@ def test_scan_cci_partial_and_mismatched_files_are_refused(tmp_path):
     shared = save_scan(scan_parts(shared=True, base="resnet18"), tmp_path / "shared.pth")
     with pytest.raises(UserError, match=r"local_nets\.1\.module\.conv\.weight.*--partial"):
         import_official(shared, "scan_cci", model)
+    # the other way round: 24 of the file's SCANs would be dropped, refused too
+    per_patch = save_scan(parts, tmp_path / "per_patch.pth")
+    shared_model = build_model(preset_config("scan_cci_shared", backbone="resnet18"))
+    with pytest.raises(UserError, match=r"168 of its tensors have no place.*use preset scan_cci.*--partial"):
+        import_official(per_patch, None, shared_model)
+    assert len(import_official(per_patch, None, shared_model, partial=True).left_in_file) == 24 * 7
     # the three parts, but only a ResNet inside: not this layout
     base_only = save_scan({"base": parts["base"], "attention": {}, "region": {}}, tmp_path / "base.pth")
     with pytest.raises(UserError, match="not the 'scan_cci' layout"):
