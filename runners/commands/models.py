@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "preset: writes a state dict to use as pretrained_path")
     iw.add_argument("file", help="the official checkpoint (.pth, .pth.tar, .pkl); read without running pickled code")
     iw.add_argument("--from", dest="layout", default=None,
-                    help="its layout: ma_net, ma_net_msceleb, vggface2_resnet50 (default: detected from its keys)")
+                    help="its layout: ma_net, ma_net_msceleb, vggface2_resnet50, scan_cci (default: detected from its keys)")
     iw.add_argument("--preset", required=True, help="a preset name (see `models list`) or a model-config file")
     iw.add_argument("--num-classes", type=int, default=None,
                     help="classes of the model (default: the file's classifier rows for ma_net, else 7)")
