@@ -53,8 +53,10 @@ class ModelConfig(BaseModel):
 
     # --- local branch --------------------------------------------------------------------
     num_patches: int = Field(0, description="0 (no local branch), or a square grid: 4, 9, 16, 25 ...")
-    patch_split: Literal["even", "ceil"] = Field(
-        "even", description="even: cells differ by at most one row; ceil: ceil(H/g) cells, the last takes the rest (SCAN's 6-6-6-6-4)")
+    patch_split: Literal["even", "ceil", "ceil_official"] = Field(
+        "even", description="even: cells differ by at most one row; ceil: ceil(H/g) cells, the last takes the rest (SCAN's 6-6-6-6-4); "
+                            "ceil_official: ceil, with the bottom strip's cells cut along rows as the official SCAN-CCI code "
+                            "does (to reproduce its published checkpoints)")
     local_kind: Literal["attention", "deep"] = Field(
         "attention", description="attention: attention + pooling per patch (SCAN); deep: a copy of the deeper stages with attention in every block (MA-Net)")
     local_shared: bool = Field(False, description="one local module shared by all patches")
@@ -77,6 +79,9 @@ class ModelConfig(BaseModel):
         "separate", description="separate: one classifier per branch; concat_l2: global and local features concatenated, L2-normalised, one classifier (SCAN)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     fusion: Literal["weighted", "mean"] = Field("mean", description="how branch logits are fused into the prediction")
+    init: Literal["default", "official"] = Field(
+        "default", description="default: PyTorch/timm init; official: kaiming-normal fan-out in the convolutions outside "
+                               "the backbone trunk and CBAM's spatial BN momentum 0.01, as the official MA-Net code")
 
     # --- branch weights (fixed loss weighting and weighted fusion) ------------------------
     global_weight: float = Field(1.0, ge=0.0)

@@ -34,6 +34,7 @@ from .backbone import Backbone
 from .blocks import attention_basic_stages, multiscale_stages
 from .config import ModelConfig
 from .errors import UserError, UserPathError
+from .official_init import official_bottom_strip, official_init
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,14 @@ def patch_bounds(size: int, grid: int, mode: str) -> List[Tuple[int, int]]:
     (SCAN-CCI: 28 -> 6,6,6,6,4; MA-Net: 28 -> 14,14). 'even': sizes differ by at most one."""
     if grid > size:
         raise UserError(f"a {grid}x{grid} grid does not fit a feature map of {size}x{size}")
+    if mode == "ceil_official":  # the same bounds; the bottom strip's cells are re-cut in FERNet._split
+        bounds = patch_bounds(size, grid, "ceil")
+        last = bounds[-1][1] - bounds[-1][0]
+        if grid > 1 and last != grid - 1:
+            raise UserError(f"patch_split='ceil_official' reproduces SCAN-CCI's cut, which cuts the bottom strip into "
+                             f"its rows: the last cell must be grid-1 = {grid - 1} wide (SCAN-CCI: 28 in 5 leaves 4), "
+                             f"but {size} in {grid} leaves {last}; use patch_split='ceil'")
+        return bounds
     if mode == "ceil":
         step = math.ceil(size / grid)
         if step * (grid - 1) >= size:
@@ -194,6 +203,8 @@ class FERNet(nn.Module):
             self.pose_head = _head(global_dim, cfg.num_pose_classes, cfg.dropout)
 
         self.branches = self._branch_names()
+        if cfg.init == "official":
+            official_init(self)
 
     # ------------------------------------------------------------------------------------------
     def _branch_names(self) -> List[str]:
@@ -240,7 +251,10 @@ class FERNet(nn.Module):
         except ValueError as exc:
             raise UserError(f"num_patches={self.cfg.num_patches} on the stage-{self.cfg.split_stage} map of "
                              f"{h}x{w}: {exc}") from None
-        return [x[..., r0:r1, c0:c1] for r0, r1 in rows for c0, c1 in cols]
+        cells = [x[..., r0:r1, c0:c1] for r0, r1 in rows for c0, c1 in cols]
+        if mode == "ceil_official" and g > 1:
+            cells[g * (g - 1):g * g - 1] = official_bottom_strip(x, rows, cols)
+        return cells
 
     def _local_net(self, i: int) -> nn.Module:
         return self.local_nets[0 if self.cfg.local_shared else i]
@@ -347,6 +361,11 @@ def load_pretrained(model: FERNet, path: Union[str, Path]) -> Dict[str, List[str
         raise UserPathError(f"pretrained_path {str(p)!r} is a folder, not a state-dict file")
     if not p.is_file():
         raise UserPathError(f"pretrained_path {str(p)!r}: no such file")
+    from .official_weights import load_official  # issue 12: an official checkpoint maps itself
+
+    official = load_official(model, p)
+    if official is not None:
+        return official
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling/format error is the file's fault

@@ -236,6 +236,13 @@ CASES_MODELS_SPACES: List[Case] = [
          ["m.yaml: model: head='concat_l2' concatenates global and local features"],
          setup=files(f="m.yaml:model:\n  head: concat_l2\n")),
     Case("models-describe-empty-name", ["models", "describe", ""], ["'' is neither a preset"]),
+    # issue 12, item 3: SCAN-CCI's official patch cut and init
+    Case("models-describe-ceil-official-map-not-cuttable", ["models", "describe", "{f}", "--image-size", "64"],
+         ["patch_split='ceil_official'", "8 in 2 leaves 4", "use patch_split='ceil'"],
+         setup=files(f="m.yaml:num_patches: 4\npatch_split: ceil_official\n")),
+    Case("models-describe-bad-patch-split-and-init", ["models", "describe", "{f}"],
+         ["m.yaml: model.patch_split: 'ceil_offical'", "'ceil_official'", "model.init: 'kaiming'", "'default' or 'official'"],
+         setup=files(f="m.yaml:model:\n  init: kaiming\n  patch_split: ceil_offical\n")),
     Case("models-describe-split-stage-beyond-backbone", ["models", "describe", "{f}", "--image-size", "32"],
          ["split_stage=7"], setup=files(f="m.yaml:num_patches: 4\nsplit_stage: 7\n")),
     # fercnn's width and depth: bounded, and only with backbone fercnn (never silently ignored)
@@ -819,8 +826,52 @@ CASES_PROMOTE: List[Case] = [
          setup=mlflow_store("runs")),
 ]
 
+# --- models import-weights (issue 12, item 2): official checkpoints onto the presets -------------
+def official_files(tmp: Path) -> Dict[str, str]:
+    """A tiny VGGFace2-style numpy pickle (resnet50 names: layer1's first conv is 1x1) and a plain
+    torch state dict of no official layout."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    r50 = {"conv1.weight": np.zeros((64, 3, 7, 7), np.float32), "layer1.0.conv1.weight": np.zeros((64, 64, 1, 1), np.float32),
+           "layer1.0.conv3.weight": np.zeros((256, 64, 1, 1), np.float32)}
+    write(tmp / "r50.pkl", pickle.dumps(r50, protocol=2), "wb")
+    torch.save({"foo.weight": torch.zeros(3)}, tmp / "plain.pt")
+    return {"pkl": str(tmp / "r50.pkl"), "plain": str(tmp / "plain.pt")}
+
+
+IW = ["models", "import-weights"]
+CASES_IMPORT_WEIGHTS: List[Case] = [
+    Case("import-weights-missing-file", IW + ["nope.pth", "--preset", "ma_net", "--out", "o.pt"],
+         ["nope.pth", "no such file"]),
+    Case("import-weights-not-a-checkpoint", IW + ["{f}", "--preset", "ma_net", "--out", "o.pt"],
+         ["junk.pth", "not a checkpoint"], setup=files(f="junk.pth:not a checkpoint at all")),
+    Case("import-weights-unknown-layout", IW + ["{pkl}", "--from", "caffe", "--preset", "scan_cci", "--out", "o.pt"],
+         ["--from 'caffe'", "ma_net, ma_net_msceleb, vggface2_resnet50, scan_cci"], setup=official_files),
+    Case("import-weights-layout-does-not-fit-preset",
+         IW + ["{pkl}", "--from", "vggface2_resnet50", "--preset", "baseline", "--out", "o.pt"],
+         ["r50.pkl", "'vggface2_resnet50' do not fit", "layer1.0.conv1.weight (64, 64, 1, 1)"], setup=official_files),
+    Case("import-weights-keys-not-that-layout", IW + ["{pkl}", "--from", "ma_net", "--preset", "ma_net", "--out", "o.pt"],
+         ["r50.pkl", "not the 'ma_net' layout", "vggface2_resnet50"], setup=official_files),
+    Case("import-weights-keys-not-scan-cci", IW + ["{pkl}", "--from", "scan_cci", "--preset", "scan_cci", "--out", "o.pt"],
+         ["r50.pkl", "not the 'scan_cci' layout", "vggface2_resnet50"], setup=official_files),
+    Case("import-weights-layout-not-detected", IW + ["{plain}", "--preset", "ma_net", "--out", "o.pt"],
+         ["plain.pt", "not a known official layout", "foo.weight", "--from"], setup=official_files),
+    Case("import-weights-partial-without-flag", IW + ["{pkl}", "--preset", "scan_cci", "--out", "o.pt"],
+         ["r50.pkl", "'vggface2_resnet50'", "backbone.body.bn1.weight", "--partial"], setup=official_files),
+    Case("import-weights-out-folder-missing", IW + ["{pkl}", "--preset", "scan_cci", "--partial", "--out", "no/o.pt"],
+         ["--out", "no/o.pt", "does not exist"], setup=official_files),
+    Case("import-weights-unknown-preset", IW + ["{pkl}", "--preset", "vgg", "--out", "o.pt"],
+         ["'vgg' is neither a preset"], setup=official_files),
+    Case("import-weights-one-class", IW + ["{pkl}", "--preset", "scan_cci", "--num-classes", "1", "--out", "o.pt"],
+         ["--num-classes", "2..1000", "got 1"], setup=official_files),
+    Case("import-weights-no-out", IW + ["x.pth", "--preset", "ma_net"], ["--out", "required"]),
+]
+
 ALL_CASES = (CASES_CLI + CASES_MODELS_SPACES + CASES_DATA_PREDICT_EVALUATE + CASES_TRAIN
-             + CASES_SEARCH + CASES_PROMOTE)
+             + CASES_SEARCH + CASES_PROMOTE + CASES_IMPORT_WEIGHTS)
 
 
 def snapshot(root: Path) -> Dict[str, int]:

@@ -1,4 +1,4 @@
-"""`fer-automl models list | describe NAME`."""
+"""`fer-automl models list | describe NAME | import-weights FILE`."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "see `models list`)")
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=_describe)
+    iw = msub.add_parser("import-weights",
+                         help="map an official checkpoint (MA-Net, MA-Net MS-Celeb, VGGFace2 ResNet-50) onto a "
+                              "preset: writes a state dict to use as pretrained_path")
+    iw.add_argument("file", help="the official checkpoint (.pth, .pth.tar, .pkl); read without running pickled code")
+    iw.add_argument("--from", dest="layout", default=None,
+                    help="its layout: ma_net, ma_net_msceleb, vggface2_resnet50, scan_cci (default: detected from its keys)")
+    iw.add_argument("--preset", required=True, help="a preset name (see `models list`) or a model-config file")
+    iw.add_argument("--num-classes", type=int, default=None,
+                    help="classes of the model (default: the file's classifier rows for ma_net, else 7)")
+    iw.add_argument("--partial", action="store_true",
+                    help="write the tensors that map even when part of the layout's scope stays empty")
+    iw.add_argument("--out", required=True, help="the .pt state dict to write")
+    iw.add_argument("--list", action="store_true", help="also print every mapped and every left-over key")
+    iw.set_defaults(func=_import_weights)
 
 
 def _check_range(flag: str, value: int, bounds: tuple) -> None:
@@ -126,4 +140,45 @@ def _describe(args: argparse.Namespace) -> int:
     if cfg.pose_head:
         print(f"  pose head: {cfg.num_pose_classes} classes")
     print("  config: " + ", ".join(f"{k}={v}" for k, v in cfg.model_dump().items()))
+    return 0
+
+
+def _import_weights(args: argparse.Namespace) -> int:
+    from fer_models import build_model
+    from fer_models.errors import UserError
+    from fer_models.official_weights import LAYOUTS, detect_layout, import_state_dict, read_official, save_imported
+
+    if args.layout is not None and args.layout not in LAYOUTS:
+        raise UserError(f"--from {args.layout!r}: unknown layout; valid: {', '.join(LAYOUTS)}")
+    if args.num_classes is not None:
+        _check_range("--num-classes", args.num_classes, NUM_CLASSES_RANGE)
+    sd, kind, skipped = read_official(args.file)
+    layout = args.layout or detect_layout(sd, kind)
+    num_classes = args.num_classes
+    if num_classes is None:
+        fc = sd.get({"ma_net": "fc_1.weight", "scan_cci": "attention.fc.weight"}.get(layout or "", ""))
+        num_classes = fc.shape[0] if fc is not None else 7
+        if not NUM_CLASSES_RANGE[0] <= num_classes <= NUM_CLASSES_RANGE[1]:
+            raise UserError(f"{args.file}: its classifier has {num_classes} rows; give --num-classes")
+    cfg = _load_config(args.preset, num_classes)
+    model = build_model(cfg)
+    rep = import_state_dict(sd, kind, skipped, args.file, layout, model, args.partial)
+    out = save_imported(rep, args.out)
+    print(f"{args.file} -> {out} ({args.preset}, num_classes={cfg.num_classes})")
+    print("  " + rep.summary())
+    if rep.skipped_objects:
+        print(f"  skipped pickled objects (not run): {', '.join(rep.skipped_objects)}")
+    if args.list:
+        for k, tk in rep.mapped.items():
+            print(f"  mapped   {k} -> {tk}")
+        for k in rep.left_in_file:
+            print(f"  file only  {k}")
+        for k in rep.left_in_model:
+            print(f"  model only {k}")
+    elif rep.left_in_file:
+        print(f"  left over in the file: {', '.join(rep.left_in_file[:6])}{' ...' if len(rep.left_in_file) > 6 else ''}")
+    if layout == "scan_cci" and cfg.patch_split != "ceil_official":
+        print("  the published network cuts its bottom patches its own way: build it with patch_split: ceil_official")
+    if rep.left_in_model:
+        print(f"  PARTIAL: not filled: {', '.join(rep.left_in_model[:6])}{' ...' if len(rep.left_in_model) > 6 else ''}")
     return 0
