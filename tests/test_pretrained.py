@@ -215,6 +215,21 @@ def test_search_space_makes_pretrained_a_dimension(tmp_path):
     assert {pt.get("pretrained", "inactive") for pt in points} >= {None, "imagenet", "inactive"}
     for pt in points:
         space.validate(pt)
+    # Optuna's define-by-run suggestions and the grid carry the null choice through
+    import optuna
+
+    from search_spaces import grid_points, to_optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    suggested = []
+    for _ in range(40):
+        trial = study.ask()
+        suggested.append(to_optuna(space)(trial))
+        study.tell(trial, 0.0)
+    assert {pt.get("pretrained", "inactive") for pt in suggested} >= {None, "imagenet"}
+    grid = grid_points(space, fixed={"lr": 0.005})
+    assert len(grid) == 3 and {(pt["backbone"], pt.get("pretrained", "-")) for pt in grid} == {
+        ("fercnn", "-"), ("resnet10t", None), ("resnet10t", "imagenet")}
     # a tag resnet10t does not have: refused at validation, naming the dimension and the tags
     p.write_text(SPACE.replace("[null, imagenet]", "[null, a1_in1k]"))
     bad_space = load_space(p)
@@ -261,3 +276,37 @@ def test_a_trial_trains_from_cached_weights_and_its_export_needs_no_hub(offline_
     assert (trained[conv] - sd["conv1.0.weight"]).abs().mean() < 0.05 * sd["conv1.0.weight"].abs().mean()
     module, _ = build_inference_module(art)
     assert torch.equal(module.model.state_dict()[conv], trained[conv])
+
+
+@pytest.mark.slow
+def test_a_search_over_pretrained_or_not_reads_the_cache_in_its_ray_workers(tmp_path):
+    """`fer-automl search` (a child process with its own local Ray) over a grid of pretrained
+    null / imagenet, offline, with a Hugging Face cache built here: the Ray workers read the cache
+    the environment names, both trials finish and MLflow records the dimension."""
+    import yaml
+
+    from _space_helpers import search_test_space
+    from conftest import run_cli, search_runs
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    put_in_hub_cache(cache, f"timm/{TIMM_NAME}", random_weights(seed=5))
+    d = search_test_space(name="pretrained-or-not", presets=[], algorithm="grid", num_samples=1,
+                          scheduler={"type": "fifo"}, max_concurrent=2)
+    d["search"]["dataset"] = {"format": "synthetic", "n": 70, "image_size": 32}
+    d["dimensions"] = {"pretrained": {"type": "choice", "values": [None, "imagenet"]}}
+    d["constants"] = {**d["constants"], "model.backbone": ARCH, "train.epochs": 1, "train.lr": 0.005}
+    d["presets"] = {}
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(d))
+    uri = f"sqlite:///{tmp_path}/m.db"
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+           "FER_AUTOML_CACHE_DIR": str(tmp_path / "cache")}
+    r = run_cli("search", str(space), "--storage-path", str(tmp_path / "ray"), "--tracking-uri", uri, env=env,
+                timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _, _, parents, trials = search_runs(uri, "pretrained-or-not")
+    assert len(trials) == 2, [t.data.tags for t in trials]
+    assert sorted(t.data.params.get("pretrained", "?") for t in trials) == ["None", "imagenet"], \
+        [t.data.params for t in trials]
+    assert all(t.info.status == "FINISHED" for t in trials), [t.info.status for t in trials]
