@@ -87,17 +87,23 @@ def assert_backbone_equals(model, sd: dict) -> int:
     return len(body)
 
 
-def test_hf_cache_offline_gives_exactly_the_saved_weights(offline_hub):
-    sd = random_weights()
-    assert timm.get_pretrained_cfg(TIMM_NAME).hf_hub_id == f"timm/{TIMM_NAME}"
-    put_in_hub_cache(offline_hub, f"timm/{TIMM_NAME}", sd)
-    for pretrained in ("imagenet", TAG):  # the default tag, and the tag by name
-        model = build_model({"backbone": ARCH, "pretrained": pretrained, "num_classes": 4}, image_size=32)
+@pytest.mark.parametrize("arch", [ARCH, "mobilenetv3_small_050"])
+def test_hf_cache_offline_gives_exactly_the_saved_weights(offline_hub, arch):
+    """Both kinds of timm feature wrapper: ResNet's FeatureListNet and MobileNetV3's own features
+    class (which fer_models.backbone truncates after the weights are loaded)."""
+    sd = random_weights(arch)
+    timm_name = resolve(arch, "imagenet")
+    tag = timm_name.split(".", 1)[1]
+    assert timm.get_pretrained_cfg(timm_name).hf_hub_id == f"timm/{timm_name}"
+    put_in_hub_cache(offline_hub, f"timm/{timm_name}", sd)
+    for pretrained in ("imagenet", tag):  # the default tag, and the tag by name
+        model = build_model({"backbone": arch, "pretrained": pretrained, "num_classes": 4}, image_size=32)
         n = assert_backbone_equals(model, sd)
         assert n > 50
     # from scratch the backbone is timm's random init, not the file's
-    scratch = build_model({"backbone": ARCH, "num_classes": 4})
-    assert not torch.equal(scratch.backbone.body.state_dict()["conv1.0.weight"], sd["conv1.0.weight"])
+    scratch = build_model({"backbone": arch, "num_classes": 4})
+    first = next(iter(scratch.backbone.body.state_dict()))
+    assert not torch.equal(scratch.backbone.body.state_dict()[first], sd[first])
     # and it runs
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).logits.shape == (2, 4)
