@@ -89,13 +89,22 @@ def hub_cache_dir() -> str:
         return os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub")
 
 
-def _weights_source(timm_name: str) -> str:
+def _cfg(timm_name: str):
     from timm.models import get_pretrained_cfg
 
     try:
-        cfg = get_pretrained_cfg(timm_name)
+        return get_pretrained_cfg(timm_name)
     except RuntimeError:
-        cfg = None
+        return None
+
+
+def _hf_repo(timm_name: str) -> Optional[str]:
+    cfg = _cfg(timm_name)
+    return cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else None
+
+
+def _weights_source(timm_name: str) -> str:
+    cfg = _cfg(timm_name)
     if cfg is not None and cfg.hf_hub_id:
         return f"Hugging Face repo {cfg.hf_hub_id}"
     if cfg is not None and cfg.url:
@@ -134,9 +143,16 @@ def fetch_errors(backbone: str, pretrained: Optional[str], timm_name: str,
     except Exception as exc:  # noqa: BLE001 - classified below; anything else is re-raised
         what = f"backbone {backbone!r} pretrained={pretrained or DEFAULT_TAG!r} (timm weights {timm_name})"
         if pretrained_file is not None:
+            text = " ".join(str(exc).split())  # timm's strict-load error spans many lines: one, cut short
+            text = text if len(text) <= 400 else text[:397] + "..."
             raise UserError(f"pretrained_file {pretrained_file!r}: timm could not load it as the weights of "
-                            f"{what}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                            ) from None
+                            f"{what}: {type(exc).__name__}: {text}") from None
+        if "loading state_dict" in str(exc):  # torch's strict load: the cached file is not this model's
+            text = " ".join(str(exc).split())
+            repo = _hf_repo(timm_name)
+            where = (f"remove models--{repo.replace('/', '--')} from the Hugging Face cache {hub_cache_dir()}"
+                     if repo else "remove them from the cache") + " and fetch them again"
+            raise UserError(f"{what}: the weights found do not fit the model ({text[:300]}); {where}") from None
         if not _is_fetch_failure(exc):
             raise
         where = ("HF_HUB_OFFLINE=1: only the local cache is read" if _offline()

@@ -316,3 +316,11 @@ def test_a_search_over_pretrained_or_not_reads_the_cache_in_its_ray_workers(tmp_
     assert sorted(t.data.params.get("pretrained", "?") for t in trials) == ["None", "imagenet"], \
         [t.data.params for t in trials]
     assert all(t.info.status == "FINISHED" for t in trials), [t.info.status for t in trials]
+
+
+def test_cached_weights_of_another_model_are_one_clear_error(offline_hub):
+    put_in_hub_cache(offline_hub, f"timm/{TIMM_NAME}", random_weights("mobilenetv3_small_050"))
+    with pytest.raises(UserError) as ei:
+        build_model({"backbone": ARCH, "pretrained": "imagenet"})
+    msg = str(ei.value)
+    assert TIMM_NAME in msg and "do not fit the model" in msg and f"models--timm--{TIMM_NAME}" in msg, msg
