@@ -8,6 +8,7 @@ left without a gradient (and the parameter counts match the papers' truncated tr
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Dict, List, Optional, Sequence
 
 import timm
@@ -36,7 +37,7 @@ class Backbone(nn.Module):
         # fer_models/pretrained.py; None for both: random init, no file or network touched
         timm_name, weight_kwargs, weights = create_kwargs(name, pretrained, pretrained_file)
         try:  # model_kwargs: the architecture knobs of a backbone that has them (fercnn's width, depth)
-            with fetch_errors(name, pretrained, weights or name, pretrained_file):
+            with fetch_errors(name, pretrained, weights, pretrained_file) if weights else nullcontext():
                 body = timm.create_model(timm_name, features_only=True, in_chans=in_chans, **weight_kwargs,
                                          **model_kwargs)
         except RuntimeError as exc:  # timm: "Unknown model (x)" / features_only unsupported
