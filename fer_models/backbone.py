@@ -8,7 +8,8 @@ left without a gradient (and the parameter counts match the papers' truncated tr
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Sequence
+from contextlib import nullcontext
+from typing import Dict, List, Optional, Sequence
 
 import timm
 import torch
@@ -17,6 +18,7 @@ from timm.models._features import FeatureDictNet
 
 from . import fercnn  # noqa: F401 - registers the `fercnn` timm model
 from .errors import UserError
+from .pretrained import create_kwargs, fetch_errors
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,16 @@ COMPACT_BACKBONES = ("fercnn", "resnet10t", "mobilenetv3_small_100", "mobilenetv
 
 
 class Backbone(nn.Module):
-    def __init__(self, name: str, keep: Sequence[int], in_chans: int = 3, **model_kwargs):
+    def __init__(self, name: str, keep: Sequence[int], in_chans: int = 3, pretrained: Optional[str] = None,
+                 pretrained_file: Optional[str] = None, **model_kwargs):
         super().__init__()
+        # pretrained / pretrained_file: timm's own weight loading (hub, HF cache, local file), see
+        # fer_models/pretrained.py; None for both: random init, no file or network touched
+        timm_name, weight_kwargs, weights = create_kwargs(name, pretrained, pretrained_file)
         try:  # model_kwargs: the architecture knobs of a backbone that has them (fercnn's width, depth)
-            body = timm.create_model(name, pretrained=False, features_only=True, in_chans=in_chans, **model_kwargs)
+            with fetch_errors(name, pretrained, weights, pretrained_file) if weights else nullcontext():
+                body = timm.create_model(timm_name, features_only=True, in_chans=in_chans, **weight_kwargs,
+                                         **model_kwargs)
         except RuntimeError as exc:  # timm: "Unknown model (x)" / features_only unsupported
             raise UserError(f"backbone {name!r} cannot be built by timm with features_only=True: {exc}") from None
         if (getattr(body, "pretrained_cfg", None) or {}).get("fixed_input_size"):

@@ -29,6 +29,12 @@ class ModelConfig(BaseModel):
         None, ge=1, le=8, description="backbone 'fercnn' only: separable residual blocks per stage (None: 1)")
     pretrained_path: Optional[str] = Field(
         None, description="local state-dict file (torch.load(weights_only=True)); never a download")
+    pretrained: Optional[str] = Field(
+        None, min_length=1, description="timm weights of the backbone: 'imagenet' (timm's default tag) or a timm "
+                                        "pretrained tag ('a1_in1k'); hub, HF cache or pretrained_file (fer_models.pretrained)")
+    pretrained_file: Optional[str] = Field(
+        None, min_length=1, description="local weight file timm loads for `pretrained` (pretrained_cfg_overlay file=); "
+                                        "alone: the backbone's default tag")
     in_chans: int = Field(3, ge=1, le=64)
     num_classes: int = Field(7, ge=2, le=1000, description="expression classes (bounded: a typo must not allocate terabytes)")
     split_stage: int = Field(
@@ -110,6 +116,14 @@ class ModelConfig(BaseModel):
             if given:
                 raise UserError(f"{', '.join(given)} applies to backbone 'fercnn' only, not {self.backbone!r} "
                                 "(a timm backbone's width and depth are its name: resnet10t, lcnet_050, ...)")
+        if self.pretrained is not None or self.pretrained_file is not None:
+            from .pretrained import resolve
+
+            if self.pretrained_path is not None:
+                raise UserError(f"pretrained_path={self.pretrained_path!r} and pretrained/pretrained_file both load "
+                                "backbone weights: give one (pretrained_path: a state dict loaded after the build; "
+                                "pretrained, pretrained_file: timm's weights)")
+            resolve(self.backbone, self.pretrained, self.pretrained_file)
         if self.pose_head and not self.num_pose_classes:
             raise UserError("pose_head is true but num_pose_classes is not set (need >= 2 pose classes)")
         if self.head == "concat_l2" and self.num_patches == 0:

@@ -134,7 +134,8 @@ class FERNet(nn.Module):
                 raise UserError("unet_fusion merges deeper features into the patch map: it needs num_patches > 0")
             self.unet_stage = max(keep | {split + 1})
             keep.add(self.unet_stage)
-        self.backbone = Backbone(cfg.backbone, sorted(keep), cfg.in_chans, **cfg.backbone_kwargs)
+        self.backbone = Backbone(cfg.backbone, sorted(keep), cfg.in_chans, pretrained=cfg.pretrained,
+                                 pretrained_file=cfg.pretrained_file, **cfg.backbone_kwargs)
         self.branch_weight: Dict[str, float] = {}
         global_dim = 0
         deeper_widths = chans[split + 1:]

@@ -75,6 +75,7 @@ def build_inference_module(artifacts_dir: Union[str, Path]) -> tuple:
     """(FERInference in eval mode on CPU, metadata dict) from a trial's artifacts folder."""
     from fer_models import build_model
     from fer_models.config import ModelConfig
+    from fer_models.pretrained import without_weights
 
     artifacts_dir = Path(artifacts_dir)
     cfg = read_model_config(artifacts_dir)
@@ -82,7 +83,8 @@ def build_inference_module(artifacts_dir: Union[str, Path]) -> tuple:
     if not weights.is_file():
         raise UserPathError(f"{weights}: the trial's selected weights are missing")
     image_size = int(cfg["trial"]["data"]["image_size"])
-    model = build_model(ModelConfig(**cfg["model"]), image_size=image_size)
+    # the trial's own weights are loaded next: the timm pretrained ones need not (and offline cannot) be fetched
+    model = build_model(without_weights(ModelConfig(**cfg["model"])), image_size=image_size)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.set_keep_attention_maps(False)
     norm = cfg["normalization"]

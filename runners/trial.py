@@ -300,6 +300,8 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
     the checkpoint of a better trial): the model, optimizer and schedule state are restored, and the
     learning rate and weight decay are the ones `cfg` says, not the checkpoint's.
     """
+    from fer_models.pretrained import timm_weights_name
+
     from .data.torch_data import class_weights, make_loader
     from .data.transforms import build_eval_transform, build_train_transform, normalization_for
 
@@ -332,7 +334,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
     model = build_model(mcfg, image_size=image_size).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    mean, std = normalization_for(mcfg.backbone)
+    mean, std = normalization_for(mcfg.backbone, timm_weights_name(mcfg))  # the tag's mean/std with pretrained
     train_tf = build_train_transform(image_size, float(cfg.data.aug_strength), mean, std)
     eval_tf = build_eval_transform(image_size, mean, std)
     balance = train.class_balance

@@ -150,6 +150,7 @@ def test_every_config_field_has_a_switch_test():
     # init changes the starting weights only (loading a's weights into b makes them equal): tested in
     # tests/test_official_weights.py::test_init_official_kaiming_fan_out_outside_the_trunk
     tested = {field for _, field, _ in SWITCHES} | {"pretrained_path", "scale_weight", "pose_weight", "init"}
+    tested |= {"pretrained", "pretrained_file"}  # they change the weights, not the model: tests/test_pretrained.py
     assert tested == set(ModelConfig.model_fields), set(ModelConfig.model_fields) ^ tested
 
 

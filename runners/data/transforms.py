@@ -22,13 +22,14 @@ def _hw(image_size: Size) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def normalization_for(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalization_for(backbone: str, weights: str | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) from timm's pretrained config of the backbone (offline: no download);
-    ImageNet's when timm does not know the name."""
+    ImageNet's when timm does not know the name. `weights`: the tagged timm name of the weights
+    the model loads (fer_models.pretrained.timm_weights_name), whose config wins."""
     try:
         import timm
 
-        cfg = timm.get_pretrained_cfg(backbone)
+        cfg = timm.get_pretrained_cfg(weights or backbone)
     except Exception:  # noqa: BLE001 - unknown names raise in some timm versions
         cfg = None
     if cfg is None or not getattr(cfg, "mean", None) or not getattr(cfg, "std", None):
