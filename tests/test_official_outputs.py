@@ -127,27 +127,21 @@ def test_ma_net_bidirectional_equals_the_official_2023_network(manet_checkpoint,
     _check_manet(model, True)
 
 
-def test_ma_net_one_directional_equals_the_official_2021_network(manet_checkpoint):
-    """Straight from the official file: pretrained_path detects the layout."""
+def test_ma_net_one_directional_equals_the_official_2021_network_and_can_fail(manet_checkpoint):
+    """Straight from the official file: pretrained_path detects the layout. Then not vacuous: the
+    other cascade direction's numbers, or CBAM's spatial channels left unswapped (the official
+    (max, mean) vs timm's (mean, max) mapping), miss."""
     model = build_model(preset_config("ma_net", num_classes=7, multiscale_bidirectional=False,
                                       pretrained_path=str(manet_checkpoint)))
     assert model.pretrained_report["layout"] == ["ma_net"] and not model.pretrained_report["missing"]
     _check_manet(model, False)
-
-
-def test_ma_net_golden_comparison_can_fail(manet_checkpoint):
-    """Not vacuous: the other cascade direction, or CBAM's spatial channels left unswapped (the
-    (max, mean) vs (mean, max) mapping), miss the official numbers."""
-    model = build_model(preset_config("ma_net", num_classes=7, multiscale_bidirectional=True,
-                                      pretrained_path=str(manet_checkpoint)))
-    logits, branches = run(model)
-    assert not close(branches["global"], MANET[False]["fc_2"])  # 2023 preset vs 2021 numbers
+    _, branches = run(model)
+    assert not close(branches["global"], MANET[True]["fc_2"])  # 2021 preset vs 2023 numbers
     sd = model.state_dict()
     spatial = [k for k in sd if k.endswith("se.module.spatial.conv.conv.weight")]
     assert len(spatial) == 16  # 4 patches x (2 layer3 + 2 layer4 blocks)
     model.load_state_dict({k: sd[k].flip(1) for k in spatial}, strict=False)
     _, branches = run(model)
-    assert not close(branches["local"], MANET_FC1)
     assert (branches["local"] - torch.tensor(MANET_FC1)).abs().max().item() > 1e-3
 
 
@@ -217,3 +211,44 @@ def test_scan_cci_shared_equals_the_official_network_and_can_fail(tmp_path):
     correct = build_model(preset_config("scan_cci_shared", num_classes=7, pretrained_path=str(path)))
     _, branches = run(correct)
     assert not close(branches["global_local"], SCAN_SHARED["attention"])
+
+
+# ---- SCAN-CCI with one SCAN per patch (25 attention masks: the other scripts' network) ----------
+SCAN_PER_PATCH = {
+    "attention": [[-0.0261193421, -0.104959868, -0.0441466868, 0.00900947861, 0.0545170754, -0.0833478421, 0.0758997202],
+                  [-0.0262560621, -0.103634767, -0.042127952, 0.00639666058, 0.0546044633, -0.0847005174, 0.0755676478]],
+    "region_0": [[-0.620370686, 0.863287926, -0.0205133967, 0.642122567, -0.0465175547, 0.660072148, 0.116408437],
+                 [-0.633433878, 0.861636519, -0.0281147473, 0.630464256, -0.0514031537, 0.651350617, 0.119811445]],
+    "region_1": [[-0.631712973, 0.87419951, -0.0470331348, 0.673627436, -0.0579566397, 0.634377599, 0.0981495678],
+                 [-0.645544052, 0.882450581, -0.0531969182, 0.677418172, -0.0479745306, 0.642126143, 0.0986291766]],
+    "region_2": [[-0.492289245, 0.877019882, 0.0236080624, 0.656003177, -0.037121091, 0.673902869, 0.104903221],
+                 [-0.537174642, 0.901542664, 0.0229992606, 0.65244776, -0.0162544362, 0.665816665, 0.101195037]],
+    "region_3": [[-0.497924387, 0.87161684, 0.00407629088, 0.680318415, -0.0456272103, 0.636138082, 0.0945484191],
+                 [-0.522565484, 0.903650284, 0.00778606907, 0.70999366, -0.00436884537, 0.641033053, 0.0942790061]],
+    "fused": [[-0.453683317, 0.676232874, -0.0168017745, 0.532216191, -0.0265410841, 0.504228592, 0.0979818776],
+              [-0.472994864, 0.689129055, -0.0185308568, 0.535344064, -0.0130793005, 0.503125191, 0.0978964642]],
+}
+
+
+@pytest.mark.slow
+def test_scan_cci_per_patch_equals_the_official_network(tmp_path):
+    """Per-patch masks: official patch k lands on its grid cell (the 16 interior, then the right
+    column, the bottom row, the corner); a wrong order would mix up the 25 masks' weights."""
+    path = scan_checkpoint(tmp_path / "model_best.pth.tar", shared=False)
+    model = build_model(preset_config("scan_cci", num_classes=7, patch_split="ceil_official",
+                                      pretrained_path=str(path)))
+    assert not model.pretrained_report["missing"]
+    logits, branches = run(model)
+    d = _scan_diffs(logits, branches, SCAN_PER_PATCH)
+    assert close(branches["global_local"], SCAN_PER_PATCH["attention"]), d
+    for j in range(4):
+        assert close(branches[f"context_{j}"], SCAN_PER_PATCH[f"region_{j}"]), d
+    assert close(logits, SCAN_PER_PATCH["fused"]), d
+    # not vacuous: two masks in plain row-major places (official patch 4 is grid cell 5, patch 16
+    # is cell 4: the right column's top), swapped as a row-major mapping would place patch 4
+    sd = model.state_dict()
+    a, b = "local_nets.4.", "local_nets.5."
+    model.load_state_dict({**{a + k[len(b):]: v for k, v in sd.items() if k.startswith(b)},
+                           **{b + k[len(a):]: v for k, v in sd.items() if k.startswith(a)}}, strict=False)
+    _, branches = run(model)
+    assert not close(branches["global_local"], SCAN_PER_PATCH["attention"])
