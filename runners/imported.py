@@ -107,9 +107,10 @@ def read_state_dict(path: Path) -> Dict[str, Any]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - not a torch file, a pickle of objects, a truncated file
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        # torch's own text is many lines (with terminal escapes) about loading unsafely: not what to do here
         raise UserError(f"--weights {str(path)!r}: not a state dict torch.load(weights_only=True) reads "
-                        f"({type(exc).__name__}: {first})") from None
+                        f"({type(exc).__name__}); an official checkpoint goes through `fer-automl models "
+                        "import-weights FILE --preset NAME --out FILE.pt` first") from None
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         keys = ", ".join(map(str, list(sd)[:4])) if isinstance(sd, dict) else type(sd).__name__
         raise UserError(f"--weights {str(path)!r}: not a state dict of tensors ({keys}); an official checkpoint "
