@@ -8,8 +8,8 @@ eval pipeline, independently of runners.packaging.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-from pathlib import Path
 
 import cv2
 import mlflow
@@ -81,7 +81,7 @@ def test_promote_weights_registers_a_tagged_version_and_sets_the_alias(imported)
     version = client.get_model_version_by_alias(MODEL, "champion")
     assert str(version.version) == "1"
     tags = version.tags
-    sha = __import__("hashlib").sha256(imported["pt"].read_bytes()).hexdigest()
+    sha = hashlib.sha256(imported["pt"].read_bytes()).hexdigest()
     assert tags["fer_automl.imported"] == "true"
     assert tags["fer_automl.source"] == f"{imported['pt'].resolve()} sha256:{sha}"
     assert tags["fer_automl.preset"] == str(imported["yaml"])
@@ -193,7 +193,7 @@ def test_an_official_ma_net_checkpoint_is_registered_with_its_layout(tmp_path, c
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     v = client.get_model_version_by_alias(MODEL, "published")
     assert v.tags["fer_automl.layout"] == "ma_net" and v.tags["fer_automl.preset"] == "ma_net"
-    osha = __import__("hashlib").sha256(official.read_bytes()).hexdigest()
+    osha = hashlib.sha256(official.read_bytes()).hexdigest()
     assert v.tags["fer_automl.official_file"] == f"{official.resolve()} sha256:{osha}"
 
     from runners.packaging import load_fer_model
