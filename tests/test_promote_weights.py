@@ -128,7 +128,7 @@ def test_evaluate_runs_on_the_imported_version_and_says_imported(imported, tmp_p
 
 def test_a_second_import_is_registered_but_leaves_a_held_alias(imported, capsys):
     """Custom classes in the checkpoint's own order; the alias is held, and an imported version has
-    no figures to beat the holder with: registered, alias unchanged, exit 3."""
+    no figures to beat the holder with: registered, alias unchanged, exit 3; --force moves it."""
     classes = "happy,surprised,sad,neutral"  # an alias (surprised) and a non-canonical order
     cfg = ModelConfig(backbone=SEARCH_TEST_BACKBONE, num_classes=4)
     pt = imported["tmp"] / "four.pt"
@@ -150,6 +150,13 @@ def test_a_second_import_is_registered_but_leaves_a_held_alias(imported, capsys)
     with using_store(imported["uri"]):
         pred = load_fer_model(f"models:/{MODEL}/2")
     assert pred.classes == ["happy", "surprise", "sad", "neutral"] and pred.meta["imported"]["layout"] == "ma_net"
+
+    # --force --reason moves the held alias anyway and records why and over what
+    assert promote(imported["uri"], "--weights", str(pt), "--preset", str(imported["yaml"]), "--classes", classes,
+                   "--image-size", str(SIZE), "--force", "--reason", "the published network") == 0
+    v3 = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(v3.version) == "3" and v3.tags["fer_automl.force_reason"] == "the published network"
+    assert v3.tags["fer_automl.forced_over"].startswith("champion: version 1")
 
 
 def test_a_partial_import_is_refused_in_one_line(tmp_path, capsys):
