@@ -18,7 +18,8 @@ so `predict`, `evaluate` and `mlflow models serve` use it unchanged.
   recorded sha256 still matches the .pt; `--layout` names the layout otherwise.
 - The version is logged in a run of the experiment `fer-automl-imports` (tag fer_automl.kind =
   import) and tagged fer_automl.imported=true, fer_automl.source (path and sha256), fer_automl.preset,
-  fer_automl.layout. It has no figures: the alias rule of runners.registry (move only when the
+  fer_automl.layout. The same file as the same model (config, classes, image size) is registered
+  once: promoting it again reuses its version (tag fer_automl.import_key). It has no figures: the alias rule of runners.registry (move only when the
   version beats the holder on the same data) cannot compare it, so the alias is set when no
   version holds it, and otherwise stays (exit 3) unless --force --reason.
 """
@@ -45,6 +46,7 @@ TAG_SOURCE_SHA = "fer_automl.source_sha256"
 TAG_PRESET = "fer_automl.preset"
 TAG_LAYOUT = "fer_automl.layout"            # the official layout import-weights read, where known
 TAG_OFFICIAL = "fer_automl.official_file"   # the official checkpoint import-weights read (path sha256:hex)
+TAG_IMPORT_KEY = "fer_automl.import_key"    # sha256 of (file sha256, model config, classes, size): reuse
 
 
 def sha256_of(path: Path) -> str:
@@ -143,13 +145,16 @@ def promote_weights(*, weights: str, preset: str, image_size: Optional[int] = No
                     num_classes: Optional[int] = None, classes: Optional[str] = None, layout: Optional[str] = None,
                     model_name: str, alias: str, force: bool = False, reason: Optional[str] = None,
                     tracking_uri: Optional[str] = None) -> PromoteResult:
+    import mlflow
     import torch
 
     from fer_models import build_model
     from fer_models.official_weights import LAYOUTS
+    from search_spaces import DataConfig, TrialConfig
 
     from .commands.models import IMAGE_SIZE_RANGE, NUM_CLASSES_RANGE, _check_range, _load_config
     from .data.transforms import normalization_for
+    from .registry import find_version_tagged
     from .tracking import check_tracking_server, resolve_tracking_uri
 
     # everything about the input is checked before the store is touched: a refusal writes nothing
@@ -185,37 +190,50 @@ def promote_weights(*, weights: str, preset: str, image_size: Optional[int] = No
     mean, std = normalization_for(cfg.backbone)
     provenance = {"file": str(path), "sha256": sha, "preset": preset, "layout": layout,
                   "official_file": side.get("official_file"), "official_sha256": side.get("official_sha256")}
-    with tempfile.TemporaryDirectory(prefix="fer-import-") as tmp:
-        art = Path(tmp) / "trial"
-        art.mkdir()
-        torch.save(model.state_dict(), art / "model.pt")
-        from search_spaces import DataConfig, TrialConfig
+    trial = TrialConfig(model=cfg, data=DataConfig(image_size=size, aug_strength=0.0)).model_dump()
+    model_cfg = {"trial": trial, "model": cfg.model_dump(), "classes": names, "pose_classes": [], "dataset": {},
+                 "normalization": {"mean": list(mean), "std": list(std)}, "imported": provenance}
+    # the same file as the same model (config, classes, size) is registered once: its version is reused
+    key = hashlib.sha256(json.dumps([sha, model_cfg["model"], names, size], sort_keys=True).encode()).hexdigest()
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = find_version_tagged(client, model_name, TAG_IMPORT_KEY, key)
+    created = version is None
+    msgs = [f"imported {path} (sha256 {sha[:12]}): preset {preset}, layout {layout or 'not recorded'}, "
+            f"{len(names)} classes ({','.join(names)}) at {size} px"]
+    if not created:
+        msgs.append(f"{model_name} version {version.version} is already this file as this model: reused, nothing "
+                    "logged")
+    else:
+        with tempfile.TemporaryDirectory(prefix="fer-import-") as tmp:
+            art = Path(tmp) / "trial"
+            art.mkdir()
+            torch.save(model.state_dict(), art / "model.pt")
+            (art / "model_config.json").write_text(json.dumps(model_cfg, indent=1))
+            version = _log_and_register(client, uri, art, model_cfg, provenance, model_name, key)
+        msgs.append(f"registered {model_name} version {version.version} "
+                    f"({version.tags.get(TAG_SERIALIZATION) or '?'} serialisation), tagged {TAG_IMPORTED}=true; "
+                    f"run {version.run_id} of experiment {IMPORT_EXPERIMENT}")
+    return _set_alias(client, model_name, alias, str(version.version), version.run_id, created, force, reason, msgs)
 
-        trial = TrialConfig(model=cfg, data=DataConfig(image_size=size, aug_strength=0.0)).model_dump()
-        model_cfg = {"trial": trial, "model": cfg.model_dump(), "classes": names, "pose_classes": [], "dataset": {},
-                     "normalization": {"mean": list(mean), "std": list(std)}, "imported": provenance}
-        (art / "model_config.json").write_text(json.dumps(model_cfg, indent=1))
-        return _register(uri, art, model_cfg, provenance, model_name, alias, force, reason)
 
-
-def _register(uri: str, art: Path, model_cfg: Dict[str, Any], prov: Dict[str, Any], model_name: str, alias: str,
-              force: bool, reason: Optional[str]) -> PromoteResult:
-    import mlflow
+def _log_and_register(client, uri: str, art: Path, model_cfg: Dict[str, Any], prov: Dict[str, Any],
+                      model_name: str, key: str):
+    """Log the artifacts folder as an MLflow model (runners.packaging) in a run of IMPORT_EXPERIMENT
+    and register it as a new version with the provenance tags."""
     from mlflow.exceptions import MlflowException
 
     from .packaging import log_fer_model
     from .registry import _log_into
     from .tracking import TAG_KIND, get_or_create_experiment, using_store
 
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp_id = get_or_create_experiment(client, IMPORT_EXPERIMENT)
     run = client.create_run(exp_id, run_name=f"import {Path(prov['file']).name} ({prov['preset']})",
                             tags={TAG_KIND: "import", TAG_IMPORTED: "true"})
     run_id = run.info.run_id
     try:
-        for key in ("file", "sha256", "preset", "layout", "official_file"):
-            if prov.get(key):
-                client.log_param(run_id, f"import.{key}", str(prov[key])[:6000])
+        for k in ("file", "sha256", "preset", "layout", "official_file"):
+            if prov.get(k):
+                client.log_param(run_id, f"import.{k}", str(prov[k])[:6000])
         with _log_into(uri, exp_id):
             info = log_fer_model(art, name="model", run_id=run_id)
     except BaseException:
@@ -227,7 +245,7 @@ def _register(uri: str, art: Path, model_cfg: Dict[str, Any], prov: Dict[str, An
             TAG_PRESET: prov["preset"], TAG_RUN_ID: run_id, TAG_CLASSES: json.dumps(model_cfg["classes"]),
             TAG_IMAGE_SIZE: str(model_cfg["trial"]["data"]["image_size"]),
             TAG_CONFIG: json.dumps(model_cfg["trial"], sort_keys=True)[:5000],
-            TAG_SERIALIZATION: meta.get("serialization", "")}
+            TAG_SERIALIZATION: meta.get("serialization", ""), TAG_IMPORT_KEY: key}
     if prov.get("layout"):
         tags[TAG_LAYOUT] = prov["layout"]
     if prov.get("official_file"):
@@ -239,20 +257,24 @@ def _register(uri: str, art: Path, model_cfg: Dict[str, Any], prov: Dict[str, An
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     with using_store(uri):  # see runners.registry.register
-        version = client.create_model_version(model_name, source=info.model_uri, run_id=run_id, tags=tags,
-                                              model_id=info.model_id)
-    v = str(version.version)
-    msgs = [f"imported {prov['file']} (sha256 {prov['sha256'][:12]}): preset {prov['preset']}, layout "
-            f"{prov.get('layout') or 'not recorded'}, {len(model_cfg['classes'])} classes "
-            f"({','.join(model_cfg['classes'])}) at {model_cfg['trial']['data']['image_size']} px",
-            f"registered {model_name} version {v} ({tags[TAG_SERIALIZATION] or '?'} serialisation), tagged "
-            f"{TAG_IMPORTED}=true; run {run_id} of experiment {IMPORT_EXPERIMENT}"]
+        return client.create_model_version(model_name, source=info.model_uri, run_id=run_id, tags=tags,
+                                           model_id=info.model_id)
+
+
+def _set_alias(client, model_name: str, alias: str, v: str, run_id: str, created: bool, force: bool,
+               reason: Optional[str], msgs: List[str]) -> PromoteResult:
+    """runners.registry's alias rule for a version without figures: taken when free, else --force."""
+    from mlflow.exceptions import MlflowException
+
     try:
         holder = client.get_model_version_by_alias(model_name, alias)
     except MlflowException:
         holder = None
-    result = PromoteResult(model_name, alias, v, run_id, "", float("nan"), True,
+    result = PromoteResult(model_name, alias, v, run_id, "", float("nan"), created,
                            str(holder.version) if holder else None, moved=False, messages=msgs)
+    if holder is not None and str(holder.version) == v:
+        msgs.append(f"alias {alias!r} already on version {v}: unchanged")
+        return result
     if holder is not None and not force:
         result.refused = (f"an imported version has no figures to compare with version {holder.version} "
                           "(runners.registry's rule: the alias moves to a version that beats its holder on the "

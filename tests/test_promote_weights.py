@@ -151,12 +151,16 @@ def test_a_second_import_is_registered_but_leaves_a_held_alias(imported, capsys)
         pred = load_fer_model(f"models:/{MODEL}/2")
     assert pred.classes == ["happy", "surprise", "sad", "neutral"] and pred.meta["imported"]["layout"] == "ma_net"
 
-    # --force --reason moves the held alias anyway and records why and over what
+    # the same file as the same model again: version 2 reused, nothing logged; --force --reason moves
+    # the held alias anyway and records why and over what
+    capsys.readouterr()
     assert promote(imported["uri"], "--weights", str(pt), "--preset", str(imported["yaml"]), "--classes", classes,
                    "--image-size", str(SIZE), "--force", "--reason", "the published network") == 0
-    v3 = client.get_model_version_by_alias(MODEL, "champion")
-    assert str(v3.version) == "3" and v3.tags["fer_automl.force_reason"] == "the published network"
-    assert v3.tags["fer_automl.forced_over"].startswith("champion: version 1")
+    assert "version 2 is already this file as this model: reused" in capsys.readouterr().out
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 2
+    v2 = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(v2.version) == "2" and v2.tags["fer_automl.force_reason"] == "the published network"
+    assert v2.tags["fer_automl.forced_over"].startswith("champion: version 1")
 
 
 def test_a_partial_import_is_refused_in_one_line(tmp_path, capsys):
