@@ -170,6 +170,7 @@ def promote_weights(*, weights: str, preset: str, image_size: Optional[int] = No
         raise UserError(f"--layout {layout!r}: unknown layout; valid: {', '.join(LAYOUTS)}")
     sha = sha256_of(path)
     side = read_sidecar(path, sha) or {}
+    stale = not side and sidecar_path(path).is_file()
     layout = layout or side.get("layout")
     if num_classes is not None:
         _check_range("--num-classes", num_classes, NUM_CLASSES_RANGE)
@@ -200,6 +201,8 @@ def promote_weights(*, weights: str, preset: str, image_size: Optional[int] = No
     created = version is None
     msgs = [f"imported {path} (sha256 {sha[:12]}): preset {preset}, layout {layout or 'not recorded'}, "
             f"{len(names)} classes ({','.join(names)}) at {size} px"]
+    if stale:
+        msgs.append(f"note: {sidecar_path(path).name} describes another file (its sha256 differs): ignored")
     if not created:
         msgs.append(f"{model_name} version {version.version} is already this file as this model: reused, nothing "
                     "logged")

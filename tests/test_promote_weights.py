@@ -133,11 +133,15 @@ def test_a_second_import_is_registered_but_leaves_a_held_alias(imported, capsys)
     cfg = ModelConfig(backbone=SEARCH_TEST_BACKBONE, num_classes=4)
     pt = imported["tmp"] / "four.pt"
     torch.save(random_weights(cfg, seed=4), pt)
+    # an import-weights record of another file beside it (the .pt was overwritten since): not used
+    (imported["tmp"] / "four.pt.import.json").write_text(json.dumps(
+        {"layout": "vggface2_resnet50", "preset": "scan_cci", "num_classes": 7, "sha256": "0" * 64}))
     capsys.readouterr()
     rc = promote(imported["uri"], "--weights", str(pt), "--preset", str(imported["yaml"]), "--classes", classes,
                  "--image-size", str(SIZE), "--layout", "ma_net")
     cap = capsys.readouterr()
     assert rc == 3, cap.err
+    assert "four.pt.import.json describes another file" in cap.out
     assert "refused: alias 'champion' stays on version 1" in cap.err and "version 2 stays registered" in cap.err.lower()
     client = imported["client"]
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
