@@ -150,6 +150,12 @@ def split_indices(ds: FERDataset, split: str) -> np.ndarray:
 
 def lineage(meta: Dict[str, Any], ds: FERDataset) -> Dict[str, Any]:
     """Is this the model's training data, and is its split the training split?"""
+    imported = meta.get("imported")
+    if imported:  # `promote --weights` (runners.imported): weights trained outside fer-automl
+        what = f"layout {imported['layout']}" if imported.get("layout") else f"file {imported.get('file', '?')}"
+        return {"same_data": False, "same_split": None, "imported": dict(imported),
+                "note": f"imported weights ({what}, preset {imported.get('preset', '?')}): trained outside "
+                        "fer-automl, on data it does not record"}
     trained = dict(meta.get("dataset") or {})
     fp = trained.get("fingerprint")
     here_split = split_fingerprint(ds.keys, ds.splits) if ds.keys is not None else None

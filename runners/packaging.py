@@ -99,6 +99,8 @@ def build_inference_module(artifacts_dir: Union[str, Path]) -> tuple:
         "input": "uint8 RGB images, shape (N, image_size, image_size, 3)",
         "output": "class probabilities, shape (N, len(classes)), in the order of `classes`",
     }
+    if cfg.get("imported"):  # promote --weights (runners.imported): where the weights came from
+        meta["imported"] = dict(cfg["imported"])
     return module, meta
 
 

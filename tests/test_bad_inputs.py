@@ -166,7 +166,7 @@ CASES_CLI: List[Case] = [
     Case("cli-unknown-flag", ["space", "show", "unified", "--verbose"], ["unrecognized arguments", "--verbose"]),
     Case("cli-train-without-config", ["train"], ["--config", "required"]),
     Case("cli-search-unknown-flag", ["search", "quickstart", "--epochs", "3"], ["unrecognized arguments", "--epochs"]),
-    Case("cli-promote-without-search-or-run", ["promote"], ["one of the arguments --search --run is required"]),
+    Case("cli-promote-without-search-or-run", ["promote"], ["one of the arguments --search --run --weights is required"]),
 ]
 
 def _not_utf8(name: str) -> Callable[[Path], Dict[str, str]]:
@@ -797,7 +797,7 @@ CASES_SEARCH += [
 CASES_PROMOTE: List[Case] = [
     Case("promote-force-without-reason", ["promote", "--search", "x", "--force",
                                           "--tracking-uri", "sqlite:///{tmp}/m.db"], ["--reason"]),
-    Case("promote-neither-search-nor-run", ["promote"], ["one of the arguments --search --run is required"]),
+    Case("promote-neither-search-nor-run", ["promote"], ["one of the arguments --search --run --weights is required"]),
     Case("promote-search-and-run", ["promote", "--search", "a", "--run", "b"], ["not allowed with"]),
     Case("promote-serialization-is-gone", ["promote", "--search", "a", "--serialization", "pickle"],
          ["unrecognized arguments", "--serialization"]),
@@ -879,8 +879,42 @@ CASES_IMPORT_WEIGHTS: List[Case] = [
     Case("import-weights-no-out", IW + ["x.pth", "--preset", "ma_net"], ["--out", "required"]),
 ]
 
+# --- promote --weights (issue 12, item 4): an imported state dict registered ---------------------
+PW = ["promote", "--weights"]
+CASES_PROMOTE_WEIGHTS: List[Case] = [
+    Case("promote-weights-missing-file", PW + ["nope.pt", "--preset", "baseline"], ["--weights 'nope.pt'", "no such file"]),
+    Case("promote-weights-without-preset", PW + ["x.pt"], ["--weights needs --preset"]),
+    Case("promote-weights-and-search", PW + ["x.pt", "--search", "s"], ["not allowed with"]),
+    Case("promote-weights-unknown-preset", PW + ["{plain}", "--preset", "vgg"], ["'vgg' is neither a preset"],
+         setup=official_files),
+    Case("promote-weights-not-a-state-dict", PW + ["{f}", "--preset", "baseline"], ["junk.pt", "not a state dict"],
+         setup=files(f="junk.pt:not a checkpoint at all")),
+    Case("promote-weights-official-file-not-converted", PW + ["{pkl}", "--preset", "baseline"],
+         ["r50.pkl", "not a state dict", "models import-weights"], setup=official_files),
+    Case("promote-weights-does-not-fit-preset", PW + ["{plain}", "--preset", "baseline"],
+         ["plain.pt", "does not fit --preset 'baseline'", "missing", "not in the model (first foo.weight)"],
+         setup=official_files),
+    Case("promote-weights-classes-count", PW + ["{plain}", "--preset", "baseline", "--num-classes", "7",
+                                                "--classes", "happy,sad"],
+         ["--classes names 2 classes", "num_classes=7"], setup=official_files),
+    Case("promote-weights-classes-needed", PW + ["{plain}", "--preset", "baseline", "--num-classes", "4"],
+         ["--classes is needed", "4 classes"], setup=official_files),
+    Case("promote-weights-unknown-class", PW + ["{plain}", "--preset", "baseline", "--classes", "happy,bored"],
+         ["--classes 'happy,bored'", "unknown expression label 'bored'"], setup=official_files),
+    Case("promote-weights-class-twice", PW + ["{plain}", "--preset", "baseline", "--classes", "happy,joy,sad"],
+         ["--classes 'happy,joy,sad'", "happy named twice"], setup=official_files),
+    Case("promote-weights-unknown-layout", PW + ["{plain}", "--preset", "baseline", "--layout", "caffe"],
+         ["--layout 'caffe'", "unknown layout"], setup=official_files),
+    Case("promote-weights-image-size", PW + ["{plain}", "--preset", "baseline", "--image-size", "8"],
+         ["--image-size", "16..1024", "got 8"], setup=official_files),
+    Case("promote-weights-with-ensemble", PW + ["x.pt", "--preset", "baseline", "--ensemble", "2"],
+         ["--ensemble", "not with --weights"]),
+    Case("promote-preset-without-weights", ["promote", "--search", "s", "--preset", "baseline"],
+         ["--preset", "only with --weights"]),
+]
+
 ALL_CASES = (CASES_CLI + CASES_MODELS_SPACES + CASES_DATA_PREDICT_EVALUATE + CASES_TRAIN
-             + CASES_SEARCH + CASES_PROMOTE + CASES_IMPORT_WEIGHTS)
+             + CASES_SEARCH + CASES_PROMOTE + CASES_IMPORT_WEIGHTS + CASES_PROMOTE_WEIGHTS)
 
 
 def snapshot(root: Path) -> Dict[str, int]:

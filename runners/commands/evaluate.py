@@ -117,6 +117,8 @@ def _fmt(v) -> str:
 
 def _print_report(ev, ref, logged, tracking, args, members=(), tta=None) -> None:
     model = f"{ev.model_uri}" + (f"  ({ref.name} version {ref.version})" if ref and ref.name else "")
+    if ev.lineage.get("imported"):  # promote --weights: say so beside the searched models' figures
+        model += "  [imported]"
     print(f"model:   {model}")
     print(f"data:    {ev.dataset['name']} ({ev.dataset['source']}), split {ev.split}: "
           f"{ev.num_images} images evaluated, fingerprint {ev.dataset['fingerprint'][:16]}")

@@ -164,7 +164,11 @@ def _import_weights(args: argparse.Namespace) -> int:
     model = build_model(cfg)
     rep = import_state_dict(sd, kind, skipped, args.file, layout, model, args.partial)
     out = save_imported(rep, args.out)
-    print(f"{args.file} -> {out} ({args.preset}, num_classes={cfg.num_classes})")
+    from ..imported import write_sidecar  # what `promote --weights` reads back: layout, preset, source
+
+    side = write_sidecar(out, layout=layout, preset=args.preset, num_classes=cfg.num_classes, source=args.file)
+    print(f"{args.file} -> {out} ({args.preset}, num_classes={cfg.num_classes}; provenance for promote --weights: "
+          f"{side.name})")
     print("  " + rep.summary())
     if rep.skipped_objects:
         print(f"  skipped pickled objects (not run): {', '.join(rep.skipped_objects)}")
