@@ -234,13 +234,11 @@ def find_ensemble_version(client, model_name: str, key: str):
 def register_ensemble(client, uri: str, cands: Sequence[Any], stage: str, tta: str, model_name: str,
                       metric: str):
     """Log the members' models and the ensemble (on the search's parent run) and register a version."""
-    from mlflow.exceptions import MlflowException
-
     from .packaging import build_inference_module
     from .registry import (TAG_CLASSES, TAG_COMMIT, TAG_DATASET, TAG_FINGERPRINT, TAG_IMAGE_SIZE, TAG_METRIC,
                            TAG_SEARCH_NAME, TAG_SERIALIZATION, TAG_SPLIT, _log_into, download_weights, metric_split,
                            selected_figures)
-    from .tracking import TAG_SEARCH, using_store
+    from .tracking import TAG_SEARCH
 
     parent_id = cands[0].run.data.tags.get("mlflow.parentRunId")
     with tempfile.TemporaryDirectory(prefix="fer-ensemble-") as tmp:
@@ -287,15 +285,9 @@ def register_ensemble(client, uri: str, cands: Sequence[Any], stage: str, tta: s
             f"{c.run_id} trial {m['trial_id'] or '?'}" + (f" seed {m['seed']}" if m["seed"] else "")
             + f" {metric}={c.value:.4f}")
     tags[TAG_ENSEMBLE_MEMBERS] = json.dumps(listed)[:5000]
-    try:
-        client.create_registered_model(model_name, description="fer-automl: facial expression classifier; uint8 "
-                                       "RGB images (N, S, S, 3) in, class probabilities out")
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    with using_store(uri):
-        return client.create_model_version(model_name, source=info.model_uri, run_id=parent_id or cands[0].run_id,
-                                           tags=tags, model_id=info.model_id)
+    from .registry import create_version
+
+    return create_version(client, uri, model_name, info, parent_id or cands[0].run_id, tags)
 
 
 def promote_ensemble(*, search: Optional[str], run_id: Optional[str] = None, k: Optional[int] = None,

@@ -223,11 +223,9 @@ def _log_and_register(client, uri: str, art: Path, model_cfg: Dict[str, Any], pr
                       model_name: str, key: str):
     """Log the artifacts folder as an MLflow model (runners.packaging) in a run of IMPORT_EXPERIMENT
     and register it as a new version with the provenance tags."""
-    from mlflow.exceptions import MlflowException
-
     from .packaging import log_fer_model
     from .registry import _log_into
-    from .tracking import TAG_KIND, get_or_create_experiment, using_store
+    from .tracking import TAG_KIND, get_or_create_experiment
 
     exp_id = get_or_create_experiment(client, IMPORT_EXPERIMENT)
     run = client.create_run(exp_id, run_name=f"import {Path(prov['file']).name} ({prov['preset']})",
@@ -253,15 +251,9 @@ def _log_and_register(client, uri: str, art: Path, model_cfg: Dict[str, Any], pr
         tags[TAG_LAYOUT] = prov["layout"]
     if prov.get("official_file"):
         tags[TAG_OFFICIAL] = f"{prov['official_file']} sha256:{prov.get('official_sha256', '?')}"
-    try:
-        client.create_registered_model(model_name, description="fer-automl: facial expression classifier; uint8 "
-                                       "RGB images (N, S, S, 3) in, class probabilities out")
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    with using_store(uri):  # see runners.registry.register
-        return client.create_model_version(model_name, source=info.model_uri, run_id=run_id, tags=tags,
-                                           model_id=info.model_id)
+    from .registry import create_version
+
+    return create_version(client, uri, model_name, info, run_id, tags)
 
 
 def _set_alias(client, model_name: str, alias: str, v: str, run_id: str, created: bool, force: bool,

@@ -318,8 +318,6 @@ def version_tags(client, cand: Candidate, metric: str, model_cfg: Dict[str, Any]
 
 def register(client, uri: str, cand: Candidate, model_name: str, metric: str):
     """Log the candidate's weights as an MLflow model (pt2) and register it (a new version, with tags)."""
-    from mlflow.exceptions import MlflowException
-
     from .packaging import ModelExportError, log_fer_model, read_model_config
 
     with tempfile.TemporaryDirectory(prefix="fer-promote-") as tmp:
@@ -333,6 +331,14 @@ def register(client, uri: str, cand: Candidate, model_name: str, metric: str):
                 raise PromoteError(f"run {cand.run_id}: refused: {exc}") from None
     meta = (info.metadata or {}).get("fer_automl", {})
     tags[TAG_SERIALIZATION] = meta.get("serialization", "")
+    return create_version(client, uri, model_name, info, cand.run_id, tags)
+
+
+def create_version(client, uri: str, model_name: str, info, run_id: str, tags: Dict[str, str]):
+    """A new version of `model_name` (the registered model made first if absent) from a logged
+    model (`info`: what log_fer_model returned); promote, promote --ensemble and promote --weights."""
+    from mlflow.exceptions import MlflowException
+
     try:
         client.create_registered_model(model_name, description="fer-automl: facial expression classifier; uint8 "
                                        "RGB images (N, S, S, 3) in, class probabilities out")
@@ -342,7 +348,7 @@ def register(client, uri: str, cand: Candidate, model_name: str, metric: str):
     # the registry store looks the logged model up through MLflow's global tracking URI (a client
     # of its own): point it at this store, or it searches whatever store the process used last
     with using_store(uri):
-        return client.create_model_version(model_name, source=info.model_uri, run_id=cand.run_id, tags=tags,
+        return client.create_model_version(model_name, source=info.model_uri, run_id=run_id, tags=tags,
                                            model_id=info.model_id)
 
 
