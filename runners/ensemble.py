@@ -82,7 +82,7 @@ def check_tta(tta: Optional[str]) -> str:
 def top_k(client, name: str, metric: str, k: int, uri: str) -> tuple:
     """(the top-k Candidates of the search's latest parent run, best first; stage): finished trials,
     from the refit stage where there is one, ranked as `promote` ranks them."""
-    from .registry import Candidate, PromoteError, _rank_key, _search_parent, selected_epoch, selected_value
+    from .registry import PromoteError, _rank_key, _search_parent, candidates
     from .tracking import TAG_STATUS
 
     check_k(k)
@@ -92,12 +92,7 @@ def top_k(client, name: str, metric: str, k: int, uri: str) -> tuple:
                                   max_results=5000)
     finished = [r for r in children if r.data.tags.get(TAG_STATUS) == "finished"]
     pool, stage = refit_or_search_runs(finished)
-    cands = []
-    for r in pool:
-        if metric not in r.data.metrics:
-            continue
-        epoch = selected_epoch(client, r)
-        cands.append(Candidate(r, selected_value(client, r, metric, epoch), epoch))
+    cands = candidates(client, pool, metric)
     if not cands:
         raise PromoteError(f"--search {name!r}: no finished trial with {metric} logged to make an ensemble of "
                            f"(of {len(children)} trial runs)")

@@ -179,6 +179,18 @@ def _search_parent(client, name: str, uri: str):
     return runs[0]
 
 
+def candidates(client, runs, metric: str) -> List[Candidate]:
+    """The runs that logged `metric`, each with the figure of the epoch whose weights it keeps
+    (promote and promote --ensemble rank these)."""
+    out = []
+    for r in runs:
+        if metric not in r.data.metrics:
+            continue
+        epoch = selected_epoch(client, r)
+        out.append(Candidate(r, selected_value(client, r, metric, epoch), epoch))
+    return out
+
+
 def best_of_search(client, name: str, metric: str, uri: str) -> Candidate:
     """The best finished trial of the search's latest parent run, by the figure of its kept weights."""
     parent = _search_parent(client, name, uri)
@@ -198,12 +210,7 @@ def best_of_search(client, name: str, metric: str, uri: str) -> Candidate:
             counts[s] = counts.get(s, 0) + 1
         raise PromoteError(f"--search {name!r}: no finished trial to promote (trials: "
                            f"{', '.join(f'{n} {s}' for s, n in sorted(counts.items())) or 'none'})")
-    cands = []
-    for r in finished:
-        if metric not in r.data.metrics:
-            continue
-        epoch = selected_epoch(client, r)
-        cands.append(Candidate(r, selected_value(client, r, metric, epoch), epoch))
+    cands = candidates(client, finished, metric)
     if not cands:
         logged = sorted({k for r in finished for k in r.data.metrics if k.startswith(("val_", "test_"))})
         raise PromoteError(f"metric {metric!r} is not logged by any finished trial of search {name!r} "
