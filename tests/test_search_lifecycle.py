@@ -9,6 +9,7 @@ when not root, take its write permission away; they are skipped where neither wo
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -61,6 +62,15 @@ def start_search(tmp: Path, space: Path, db: Path, *extra: str) -> subprocess.Po
                              str(tmp / "ray"), "--tracking-uri", f"sqlite:///{db}", *extra],
                             cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+
+
+RAY_WORKER_LINE = re.compile(r"^(\x1b\[[0-9;]*m)*\([\w.-]+( pid=\d+)?,?( ip=[^)]*)?\)")
+
+
+def driver_lines(err: str) -> str:
+    """The lines the search process printed itself, without those Ray forwards from its workers
+    (prefixed "(tune_trainable pid=N)", coloured on a terminal)."""
+    return "\n".join(ln for ln in err.splitlines() if not RAY_WORKER_LINE.match(ln))
 
 
 def finish(proc: subprocess.Popen, timeout: float = 400):
@@ -274,7 +284,11 @@ def test_a_store_made_read_only_mid_search_pauses_tracking_in_one_line_and_resum
     finally:
         make_writable(db)
     assert rc == 5, err[-3000:]
-    assert "Traceback" not in err, err[-5000:]
+    # the search's own output has no traceback; Ray forwards its workers' lines too, and a trial actor
+    # that Ray ends with SIGTERM while a garbage-collector callback runs prints "Exception ignored in
+    # ... sigterm_handler ... SystemExit: 1" (Ray's teardown, not this project's: seen once in CI);
+    # a trial that really failed is caught by the "0 failed" count below
+    assert "Traceback" not in driver_lines(err), err[-5000:]
     about = [ln for ln in err.splitlines() if "not writable" in ln or "took no writes" in ln
              or "readonly database" in ln or "disk I/O error" in ln]
     assert 1 <= len(about) <= 2, about
