@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/channels_last_cpu.py [--size 48] [--batch 32] [--steps 6] [--rounds 2]
 
-Why: `runners.trial` trains in channels_last on CPUs as well as GPUs; this is the measurement
+Why: `runners.training.trial` trains in channels_last on CPUs as well as GPUs; this is the measurement
 behind that choice. One thread (a trial's share under Ray with `resources: {cpu: 1}`); for every
 model the two layouts alternate for --rounds rounds of --steps timed steps (forward, cross
 entropy, backward, SGD step; the first step of a round untimed), and the table gives the median

@@ -2,10 +2,10 @@
 
 1. A small real search (`fer-automl search`: local Ray, FIFO, SQLite MLflow in a temporary folder)
    on a dataset (default: CMU faces, /work/shared/data/cmu_faces, by subject: test subjects unseen).
-2. Its top-K finished trials (`runners.ensemble.top_k`, ranked on validation as `promote` ranks
+2. Its top-K finished trials (`runners.registry.ensemble.top_k`, ranked on validation as `promote` ranks
    them) on the test split: each member alone, the member with flip TTA, the ensemble of K, and the
-   ensemble of K with flip TTA: the modules `promote --ensemble` exports (runners.ensemble), fed as
-   `fer-automl evaluate` feeds them (runners.evaluate.evaluate_dataset).
+   ensemble of K with flip TTA: the modules `promote --ensemble` exports (runners.registry.ensemble), fed as
+   `fer-automl evaluate` feeds them (runners.serving.evaluate.evaluate_dataset).
 3. Latency (eager modules on CPU, torch threads as given, median of --repeats): one member, the
    ensemble of K, the ensemble of K with TTA, for a batch of 1 and a batch of 32 images.
 
@@ -45,7 +45,7 @@ class _Shim:
 
 
 def predictor(module, meta):
-    from runners.packaging import FERPredictor
+    from runners.registry.packaging import FERPredictor
 
     return FERPredictor(uri="in-process", pyfunc=_Shim(module), classes=list(meta["classes"]),
                         image_size=int(meta["image_size"]), meta=meta)
@@ -84,10 +84,10 @@ def main() -> int:
 
     from runners.cli import main as cli
     from runners.data import load_dataset
-    from runners.ensemble import Member, build_ensemble, top_k
-    from runners.evaluate import evaluate_dataset
-    from runners.packaging import build_inference_module
-    from runners.registry import download_weights
+    from runners.registry.ensemble import Member, build_ensemble, top_k
+    from runners.serving.evaluate import evaluate_dataset
+    from runners.registry.packaging import build_inference_module
+    from runners.registry.promote import download_weights
 
     tmp = Path(tempfile.mkdtemp(prefix="fer-ensemble-bench-"))
     uri = f"sqlite:///{tmp}/mlflow.db"

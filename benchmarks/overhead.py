@@ -10,7 +10,7 @@
    the bare loop's own epoch starts), so it counts validation on both sides and, in the platform,
    the checkpoint, tune.report and Tune's hand-back; epoch 1 (warm-up) is left out.
 2. start-up: seconds from launching `fer-automl search` to the first trial's first training step,
-   broken down by the marks the platform writes to $FER_AUTOML_TIMING_FILE (runners.trial.mark).
+   broken down by the marks the platform writes to $FER_AUTOML_TIMING_FILE (runners.training.trial.mark).
 3. memory: peak RSS summed over the search's driver and every process under it (the local Ray's
    services and workers), sampled every 0.2 s, for a search of 2 concurrent 1-CPU trials.
 4. GPU (`--device cuda`): --trials trials sharing one GPU (--gpu-fraction each), sampled with
@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from _machine import cpu_name  # noqa: E402 (benchmarks/ is on sys.path: the script's folder)
 
-# the marks runners.search / runners.trial write, in the order they happen
+# the marks runners.search.driver / runners.training.trial write, in the order they happen
 MARKS = [("search_start", "CLI started (python, imports)"),
          ("dataset_loaded", "dataset generated and checked by the driver"),
          ("ray_started", "local Ray started"),
@@ -56,7 +56,7 @@ MARKS = [("search_start", "CLI started (python, imports)"),
          ("first_step", "first optimizer step done")]
 
 
-# the marks runners.trial writes every epoch, in order
+# the marks runners.training.trial writes every epoch, in order
 EPOCH_MARKS = ["epoch_start", "train_done", "val_done", "checkpoint_saved", "reported"]
 # the parts of an epoch cycle: (key, from mark, to mark (None: the next epoch's start), label)
 PARTS = [("train_s", "epoch_start", "train_done", "training"),
@@ -134,7 +134,7 @@ def bare_main(a) -> None:
     from fer_models.losses import build_loss
     from runners.data.torch_data import make_loader
     from runners.data.transforms import build_eval_transform, build_train_transform, normalization_for
-    from runners.trial import DataSpec
+    from runners.training.trial import DataSpec
     from search_spaces import load_space
 
     t_start = time.time()
@@ -142,7 +142,7 @@ def bare_main(a) -> None:
     space = load_space(a.space)
     cfg = space.validate({"lr": a.lr})
     size = int(cfg.data.image_size)
-    # what runners.search.data_spec_from hands the trial for this search spec
+    # what runners.search.driver.data_spec_from hands the trial for this search spec
     ds = DataSpec(format="synthetic", options={"n": a.n, "size": a.image_size}, seed=0).load(size)
     dev = torch.device(a.device)
     amp = channels_last = dev.type == "cuda"

@@ -5,7 +5,7 @@
         [--out results.json] [--keep DIR] [--quick]   (--help: the protocol's settings)
 
 Three arms over one space (the four axes: attention, scales, patches, loss weighting, plus
-training knobs; `bench_space`), each driven through the project's own `runners.search.run_search`
+training knobs; `bench_space`), each driven through the project's own `runners.search.driver.run_search`
 on a space file written into a temporary folder, a local Ray and MLflow in a temporary SQLite
 store:
 
@@ -23,7 +23,7 @@ cost of one full-fidelity trial (E epochs of the N training images). Trials are 
 
 What each arm ships, and its test figure: the one trained model the arm would promote, chosen on
 validation (the validation balanced accuracy of the weights each trial keeps and tests): for (a)
-and (b) exactly what `fer-automl promote --search` takes (`runners.registry.best_of_search`):
+and (b) exactly what `fer-automl promote --search` takes (`runners.registry.promote.best_of_search`):
 with a refit stage, the refit configuration with the best mean validation over its seeds, and of
 its seeds the best on validation (the JSON also keeps the mean test over its seeds); without one,
 the best finished trial; (c): per preset, its best seed on validation. Test balanced accuracy
@@ -238,7 +238,7 @@ def _config_key(row: Dict[str, Any]) -> str:
 def shipped(rows: List[Dict[str, Any]], promoted: Optional[str] = None) -> Dict[str, Any]:
     """The model an arm ships (see the module docstring): with refit rows, the refit configuration
     of best mean validation over its seeds and, of those seeds, the best on validation.
-    `promoted`: the run id `fer-automl promote --search` takes (runners.registry.best_of_search,
+    `promoted`: the run id `fer-automl promote --search` takes (runners.registry.promote.best_of_search,
     the same rule): that row, with the mean over its configuration's seeds."""
     done = [r for r in rows if r["test"] is not None and r["val"] is not None]
     refit = [r for r in done if r["stage"] == "refit"]
@@ -291,7 +291,7 @@ def dataset_spec(name: str, args, seed: int) -> Dict[str, Any]:
 
 def train_size(ds_spec: Dict[str, Any]) -> int:
     """N: the training split's size, as the trials see it (the search's own DataSpec)."""
-    from runners.search import data_spec_from
+    from runners.search.driver import data_spec_from
     from search_spaces.spec import DatasetSpec
 
     ds = data_spec_from(DatasetSpec(**ds_spec)).load(ds_spec.get("image_size") or 64)
@@ -306,7 +306,7 @@ def _write_space(folder: Path, name: str, space: Dict[str, Any], search: Dict[st
 
 def run_arm(folder: Path, name: str, space: Dict[str, Any], search: Dict[str, Any], uri: str,
             n_train: int) -> Dict[str, Any]:
-    from runners.search import run_search
+    from runners.search.driver import run_search
 
     path = _write_space(folder, name, space, search)
     t0 = time.time()
@@ -316,7 +316,7 @@ def run_arm(folder: Path, name: str, space: Dict[str, Any], search: Dict[str, An
     curve = best_so_far(events)
     import mlflow
 
-    from runners.registry import PromoteError, best_of_search
+    from runners.registry.promote import PromoteError, best_of_search
 
     try:  # what `fer-automl promote --search NAME` would register
         promoted = best_of_search(mlflow.MlflowClient(uri), name, "val_balanced_accuracy", uri).run.info.run_id
@@ -531,7 +531,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     repeats: List[Dict[str, Any]] = []
     started = time.time()
     try:
-        from runners import ray_cluster
+        from runners.search.driver import cluster as ray_cluster
 
         ray_cluster.init_ray(None)  # once, before any arm: no arm pays Ray's start-up
         for r in range(args.repeats):  # repeat by repeat, so that a run stopped early has as many of each dataset
@@ -560,7 +560,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _write(args, repeats, started, summary=None, table=None) -> None:
     import platform
 
-    from runners.search import git_commit, package_versions
+    from runners.search.driver import git_commit, package_versions
 
     summary = summary if summary is not None else summarise(repeats)
     table = table if table is not None else format_table(summary, repeats)

@@ -32,7 +32,7 @@ def write_search(uri: str, name: str, n: int, epochs: int, space) -> None:
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
 
-    from runners.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID, flatten
+    from runners.search.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID, flatten
     from search_spaces import sample
 
     client = mlflow.MlflowClient(uri)
@@ -67,7 +67,7 @@ def main() -> None:
     from ray.tune.search.optuna import OptunaSearch
 
     from _machine import cpu_name
-    from runners.warm_start import load_warm_start
+    from runners.search.warm_start import load_warm_start
     from search_spaces import SearchSpec, load_space, to_optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -10,6 +10,8 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
+from runners.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
+
 COMMAND_GROUPS = {
     "models": "runners.commands.models",
     "space": "runners.commands.space",
@@ -23,15 +25,6 @@ COMMAND_GROUPS = {
 
 __all__ = ["COMMAND_GROUPS", "build_parser", "main"]
 
-# The exit codes of every command (README: "Exit codes and errors"), in one place.
-EXIT_OK = 0
-EXIT_BUG = 1               # anything but a UserError: the traceback is printed
-EXIT_USAGE = 2             # a UserError: bad input, one message, nothing written
-EXIT_REFUSED = 3           # promote: registered, but the alias did not move
-EXIT_SOME_FAILED = 4       # done, but some items failed (a search's trials, predict's images)
-EXIT_TRACKING_PAUSED = 5   # a search finished, but the MLflow store took no writes: records incomplete
-EXIT_INTERRUPTED = 130     # Ctrl-C or SIGTERM
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 
 
 def _stdout_reader_gone() -> bool:

@@ -17,7 +17,7 @@ SECTIONS = ("model", "train", "data")
 
 
 class TrainConfig(BaseModel):
-    """How one trial trains. Every field is read by the trainer (runners.trial)."""
+    """How one trial trains. Every field is read by the trainer (runners.training.trial)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -1,9 +1,8 @@
 """Ways to draw points from a space: seeded random sampling, an Optuna define-by-run function (for
-Ray Tune's OptunaSearch), Ray Tune param spaces (random and grid), grid enumeration, and the
-count of distinct architectures.
+Ray Tune's OptunaSearch), grid enumeration, and the count of distinct architectures.
 
 Every sampler walks the dimensions in decision order and decides only the active ones, so an
-inactive dimension is never suggested, sampled or emitted. Ray and Optuna are imported inside the
+inactive dimension is never suggested, sampled or emitted. Optuna is imported inside the
 converters only.
 """
 from __future__ import annotations
@@ -103,30 +102,6 @@ def optuna_distributions(space: SearchSpace) -> Dict[str, Any]:
         else:
             out[n] = FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Ray Tune
-def to_ray_param_space(space: SearchSpace, seed: Optional[int] = None) -> Dict[str, Any]:
-    """Param space for Ray Tune's random search (the default BasicVariantGenerator):
-    `{"point": tune.sample_from(...)}`; each trial gets one whole point drawn by `sample_point`
-    (seeded: the driver draws the points in order). Read it back with `point_from_config`."""
-    from ray import tune
-
-    rng = random.Random(seed)
-
-    def draw(_config=None) -> Dict[str, Any]:
-        return sample_point(space, rng)
-
-    return {POINT_KEY: tune.sample_from(draw)}
-
-
-def to_ray_grid(space: SearchSpace, fixed: Optional[Mapping[str, Any]] = None,
-                max_points: int = 10_000, values: Optional[Mapping[str, Sequence[Any]]] = None) -> Dict[str, Any]:
-    """Param space for a Ray Tune grid search: `{"point": tune.grid_search([...every point...])}`."""
-    from ray import tune
-
-    return {POINT_KEY: tune.grid_search(grid_points(space, fixed=fixed, max_points=max_points, values=values))}
 
 
 def point_from_config(config: Mapping[str, Any], space: Optional[SearchSpace] = None) -> Dict[str, Any]:

@@ -307,25 +307,6 @@ def read_yaml(path: Path) -> Any:
     return load_yaml(path, what="space file", error=SpaceError)
 
 
-def load_space(source: Union[str, Path, Dict[str, Any]], name: Optional[str] = None) -> "SearchSpace":
-    """Load and validate a space: a file path, a shipped name (`unified`), or an already-parsed dict."""
-    from .space import SearchSpace
-
-    if isinstance(source, dict):
-        data, where, path = source, name or "<space>", None
-    else:
-        path = resolve_space_path(source)
-        data, where = read_yaml(path), str(source) if Path(str(source)).is_file() else path.name
-    if not isinstance(data, dict):
-        raise SpaceError(f"{where}: expected a mapping with 'dimensions' at the top level, "
-                         f"got {type(data).__name__}" + (" (empty file)" if data is None else ""))
-    try:
-        raw = SpaceFile.model_validate(data)
-    except ValidationError as exc:
-        raise SpaceError("\n".join(_pydantic_errors(exc, where))) from None
-    return SearchSpace(raw, where=where, path=path)
-
-
 # ---------------------------------------------------------------------------------------------
 # targets
 def field_names(section: str) -> Tuple[str, ...]:

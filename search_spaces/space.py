@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from pydantic import ValidationError
 
 from .config import TrialConfig
-from .schema import (ChoiceDim, FloatDim, SpaceError, SpaceFile, _Dim, _NAME, check_target,
-                     derive_target, field_is_int, field_value_error, index_of)
+from .schema import (ChoiceDim, FloatDim, SpaceError, SpaceFile, _Dim, _NAME, _pydantic_errors, check_target,
+                     derive_target, field_is_int, field_value_error, index_of, read_yaml, resolve_space_path)
 
 
 class SearchSpace:
@@ -300,3 +300,20 @@ def yaml_scalar(v: Any) -> str:
 
 def log_uniform(rng, low: float, high: float) -> float:
     return math.exp(rng.uniform(math.log(low), math.log(high)))
+
+
+def load_space(source: Union[str, Path, Dict[str, Any]], name: Optional[str] = None) -> "SearchSpace":
+    """Load and validate a space: a file path, a shipped name (`unified`), or an already-parsed dict."""
+    if isinstance(source, dict):
+        data, where, path = source, name or "<space>", None
+    else:
+        path = resolve_space_path(source)
+        data, where = read_yaml(path), str(source) if Path(str(source)).is_file() else path.name
+    if not isinstance(data, dict):
+        raise SpaceError(f"{where}: expected a mapping with 'dimensions' at the top level, "
+                         f"got {type(data).__name__}" + (" (empty file)" if data is None else ""))
+    try:
+        raw = SpaceFile.model_validate(data)
+    except ValidationError as exc:
+        raise SpaceError("\n".join(_pydantic_errors(exc, where))) from None
+    return SearchSpace(raw, where=where, path=path)

@@ -1,6 +1,6 @@
 """The `search:` section of a space file: the run settings of one search over that space.
 
-`runners.search` reads it (flags override it); it is validated with the space, so a typo in a
+`runners.search.driver` reads it (flags override it); it is validated with the space, so a typo in a
 search setting fails when the file is loaded, not minutes into a search.
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ class SchedulerSpec(_Strict):
 
 class ConstraintsSpec(_Strict):
     """Limits a trial's model must meet; a point that breaks one is rejected before any epoch is
-    trained (`runners.constraints`). Each limit is measured on the built model: parameters,
+    trained (`runners.training.constraints`). Each limit is measured on the built model: parameters,
     multiply-accumulates of one image at the trial's image size, batch-1 latency on the device the
     trial runs on."""
 
@@ -274,7 +274,7 @@ class SearchSpec(_Strict):
             raise ValueError(f"grid: values per dimension apply to algorithm: grid only (algorithm is {self.algorithm!r})")
         refit = self.fidelity.refit if self.fidelity is not None else None
         if refit is not None and self.algorithm != "grid" and refit.top_k > self.num_samples:
-            # a grid's trials are counted with the space (runners.search checks it)
+            # a grid's trials are counted with the space (runners.search.driver checks it)
             raise ValueError(f"fidelity.refit.top_k={refit.top_k} is larger than num_samples={self.num_samples}, "
                              "the trials the search stage runs")
         if self.scheduler.type in POPULATION_SCHEDULERS and self.algorithm == "tpe":

@@ -14,8 +14,7 @@ The cases are grouped by area, one list each, so that each area's rows stay toge
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -117,7 +116,7 @@ def mlflow_store(kind: str = "empty") -> Callable[[Path], Dict[str, str]]:
     def build(path: Path) -> None:
         import mlflow
 
-        from runners.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS
+        from runners.search.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS
 
         client = mlflow.MlflowClient(f"sqlite:///{path}")
         client.create_experiment("fer-automl-placeholder", artifact_location=str(path.parent / "art"))
@@ -739,7 +738,7 @@ def warm_store(search: Optional[dict] = None) -> Callable[[Path], Dict[str, str]
     def build(path: Path) -> None:
         import mlflow
 
-        from runners.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS
+        from runners.search.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS
 
         client = mlflow.MlflowClient(f"sqlite:///{path}")
         for name, status, metric in (("loss", "finished", "val_loss"), ("f", "failed", "val_balanced_accuracy"),
@@ -820,7 +819,7 @@ CASES_PROMOTE: List[Case] = [
          ["--run '0123456789abcdef'", "no such run"], setup=mlflow_store()),
     Case("promote-run-not-a-trial", ["promote", "--run", "{plain_run}", "--tracking-uri", "{db}"],
          ["is not a fer-automl trial run"], setup=mlflow_store("runs")),
-    # ensembles (runners/ensemble.py)
+    # ensembles (runners/registry/ensemble.py)
     Case("promote-ensemble-zero", ["promote", "--search", "s", "--ensemble", "0", "--tracking-uri", "{db}"],
          ["--ensemble 0", ">= 1"], setup=mlflow_store("runs")),
     Case("promote-ensemble-not-a-number", ["promote", "--search", "s", "--ensemble", "two"],

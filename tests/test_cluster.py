@@ -262,7 +262,7 @@ def test_wrong_token_fails_with_a_clear_error(tmp_path, loopback_cluster):
     ("10.0.0.5:6379", False), ("head.internal:6379", False), ("auto", False), ("ray://127.0.0.1:10001", False),
 ])
 def test_loopback_setting_only_for_a_local_ray_or_a_loopback_cluster(monkeypatch, address, loopback):
-    from runners.ray_cluster import _loopback_env
+    from runners.search.cluster import _loopback_env
 
     monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
     _loopback_env(address)
@@ -271,7 +271,7 @@ def test_loopback_setting_only_for_a_local_ray_or_a_loopback_cluster(monkeypatch
 
 
 def test_a_trial_bigger_than_every_node_fails_now():
-    from runners.ray_cluster import check_resources
+    from runners.search.cluster import check_resources
 
     cluster, nodes = {"CPU": 8.0, "GPU": 2.0}, [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
     check_resources({"cpu": 4, "gpu": 1}, cluster, nodes)
@@ -286,7 +286,7 @@ def test_code_is_shipped_to_the_nodes_unless_the_job_brings_it(monkeypatch):
     import search_spaces
 
     import runners
-    from runners.ray_cluster import _code_runtime_env
+    from runners.search.cluster import _code_runtime_env
 
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     assert _code_runtime_env() == {"py_modules": [search_spaces, fer_models, runners]}
@@ -297,6 +297,6 @@ def test_code_is_shipped_to_the_nodes_unless_the_job_brings_it(monkeypatch):
 
 
 def test_remote_storage_needs_no_probe():
-    from runners.ray_cluster import check_storage
+    from runners.search.cluster import check_storage
 
     check_storage("s3://bucket/fer")  # returns before asking Ray anything (no Ray is running here)

@@ -148,7 +148,7 @@ def test_a_fercnn_model_exports_for_serving():
     """The quick start promotes a fercnn trial: its model must pass torch.export like the presets."""
     import numpy as np
 
-    from runners.packaging import FERInference, export_inference_module
+    from runners.registry.packaging import FERInference, export_inference_module
 
     model = build_model(ModelConfig(backbone="fercnn", num_patches=4, attention="cbam", num_scales=2,
                                     local_aggregation="max"), image_size=48)

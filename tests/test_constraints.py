@@ -11,7 +11,7 @@ from _space_helpers import SEARCH_TEST_BACKBONE, search_test_space
 from conftest import search_runs
 from fer_models import ModelConfig, build_model
 from fer_models.cost import count_params
-from runners.trial import DataSpec, run_trial
+from runners.training.trial import DataSpec, run_trial
 from search_spaces import DataConfig, TrainConfig, TrialConfig
 
 
@@ -31,7 +31,7 @@ def _cfg(attention="none", epochs=1):
 
 
 def test_an_infeasible_trial_reports_once_and_trains_nothing(synth, tmp_path):
-    from runners.constraints import INFEASIBLE_KEY, REASON_KEY, WORST_LOSS
+    from runners.training.constraints import INFEASIBLE_KEY, REASON_KEY, WORST_LOSS
 
     limit = _params() - 1
     reports = []
@@ -57,7 +57,7 @@ def test_a_feasible_trial_trains_and_reports_what_was_measured(synth, tmp_path):
 
 
 def test_the_leaderboard_ranks_infeasible_trials_after_feasible_ones_and_before_failed_ones():
-    from runners.search import sort_leaderboard
+    from runners.search.driver import sort_leaderboard
 
     rows = [{"trial_id": "f", "status": "failed", "m": None}, {"trial_id": "i", "status": "infeasible", "m": None},
             {"trial_id": "s", "status": "stopped_early", "m": None}, {"trial_id": "a", "status": "finished", "m": 0.2},

@@ -3,7 +3,7 @@
 The case of the issue: a FER2013 folder dump whose training images are all heavily blurred and
 whose test images are sharp. Here: synthetic faces written as an ImageFolder with train/ and
 test/ folders, the train folder blurred (or not), read by `data inspect` and by the search's
-start-up check (`runners.data.stats.check_splits`, called by runners.search before Ray starts).
+start-up check (`runners.data.stats.check_splits`, called by runners.search.driver before Ray starts).
 """
 from __future__ import annotations
 

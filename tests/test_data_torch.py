@@ -7,8 +7,8 @@ import torch
 
 from runners.data import load_dataset
 from runners.data.torch_data import FERTorchDataset, class_weights, make_loader
-from runners.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, build_eval_transform,
-                                     build_train_transform, normalization_for)
+from runners.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform,
+                                     normalization_for)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Ensembles and flip TTA (`promote --ensemble K --tta flip`, runners/ensemble.py): member selection in a real
+"""Ensembles and flip TTA (`promote --ensemble K --tta flip`, runners/registry/ensemble.py): member selection in a real
 SQLite MLflow store, the exported module on members of different sizes, and end to end on a real small search
 (local Ray): the registered model equals the mean of the members' softmax computed here from their own
 weights, and predict, evaluate and the pyfunc model use it."""
@@ -23,7 +23,7 @@ def _store_with_stages(tmp: Path, stages):
     """A search `st` in a real SQLite store: one finished trial per (stage, val_balanced_accuracy)."""
     import mlflow
 
-    from runners.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS
+    from runners.search.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS
 
     uri = f"sqlite:///{tmp}/m.db"
     client = mlflow.MlflowClient(uri)
@@ -43,7 +43,7 @@ def _store_with_stages(tmp: Path, stages):
 
 
 def test_members_come_from_the_refit_stage_when_a_search_has_one(tmp_path):
-    from runners.ensemble import top_k
+    from runners.registry.ensemble import top_k
 
     # the search stage's best figures are higher (a low-fidelity figure), yet the refit runs are the members
     uri, client, ids = _store_with_stages(tmp_path, [
@@ -59,7 +59,7 @@ def test_members_come_from_the_refit_stage_when_a_search_has_one(tmp_path):
 
 
 def test_members_without_a_refit_stage_are_all_finished_trials(tmp_path):
-    from runners.ensemble import top_k
+    from runners.registry.ensemble import top_k
 
     # old runs carry no stage tag; ties go to the trial that started first, as promote ranks them
     uri, client, ids = _store_with_stages(tmp_path, [
@@ -91,7 +91,7 @@ def _member_dir(root: Path, size: int, mean, std, seed: int) -> Path:
 def _alone(art: Path, images, flip=False) -> np.ndarray:
     """A member alone, as `predict` feeds it: each image resized to its own size (the datasets' resize)."""
     from runners.data.imageio import resize_to
-    from runners.packaging import build_inference_module
+    from runners.registry.packaging import build_inference_module
 
     module, meta = build_inference_module(art)
     s = meta["image_size"]
@@ -101,8 +101,8 @@ def _alone(art: Path, images, flip=False) -> np.ndarray:
 
 
 def test_ensemble_module_averages_members_of_different_sizes(tmp_path):
-    from runners.ensemble import Member, build_ensemble
-    from runners.packaging import _example, build_inference_module, export_inference_module
+    from runners.registry.ensemble import Member, build_ensemble
+    from runners.registry.packaging import _example, build_inference_module, export_inference_module
 
     arts = [_member_dir(tmp_path / "m0", 48, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], 0),
             _member_dir(tmp_path / "m1", 48, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 1),
@@ -135,8 +135,8 @@ def test_ensemble_module_averages_members_of_different_sizes(tmp_path):
 
 
 def test_members_must_share_classes(tmp_path):
-    from runners.ensemble import Member, check_compatible
-    from runners.packaging import build_inference_module
+    from runners.registry.ensemble import Member, check_compatible
+    from runners.registry.packaging import build_inference_module
 
     a = _member_dir(tmp_path / "a", 32, [0.5] * 3, [0.5] * 3, 0)
     b = _member_dir(tmp_path / "b", 32, [0.5] * 3, [0.5] * 3, 1)
@@ -197,7 +197,7 @@ def ensemble(module_tmp):
 
 def _members_by_hand(client, run_ids, images, tmp: Path) -> np.ndarray:
     """Each member's softmax from its own weights through its trial's eval pipeline, on the image and
-    its mirror, averaged: computed without runners.ensemble or runners.packaging."""
+    its mirror, averaged: computed without runners.registry.ensemble or runners.registry.packaging."""
     from runners.data.transforms import build_eval_transform
 
     outs = []
@@ -229,8 +229,8 @@ def _images(n=8):
 def test_promote_ensemble_registers_the_mean_of_the_top_two(ensemble, tmp_path):
     import mlflow
 
-    from runners.registry import selected_value
-    from runners.tracking import using_store
+    from runners.registry.promote import selected_value
+    from runners.search.tracking import using_store
 
     uri, client, tmp, runs, version = ensemble
     finished = [r for r in runs if r.data.tags["fer_automl.status"] == "finished"]

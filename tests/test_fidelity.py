@@ -17,7 +17,7 @@ import yaml
 from _space_helpers import search_test_space
 from conftest import search_runs
 from runners.cli import main
-from runners.trial import DataSpec
+from runners.training.trial import DataSpec
 
 N_IMAGES = 140
 
@@ -27,7 +27,7 @@ def _synthetic():
 
 
 def test_the_train_subset_is_stratified_seeded_and_leaves_val_and_test_alone():
-    from runners.fidelity import train_subset
+    from runners.search.fidelity import train_subset
 
     ds = _synthetic()
     sub = train_subset(ds, 0.25, seed=0)
@@ -48,8 +48,8 @@ def test_the_train_subset_is_stratified_seeded_and_leaves_val_and_test_alone():
 def test_a_search_stage_trial_trains_on_the_subset_at_the_fidelity_image_size(tmp_path):
     """apply_fidelity + run_trial: the search stage's image size and fraction reach the trial (its
     image_epochs count the subset), a refit gets its seed and full fidelity."""
-    from runners.fidelity import apply_fidelity, train_subset
-    from runners.trial import run_trial
+    from runners.search.fidelity import apply_fidelity, train_subset
+    from runners.training.trial import run_trial
     from search_spaces import load_space
 
     d = search_test_space()
@@ -87,7 +87,7 @@ def _space(tmp: Path, name: str) -> Path:
 def two_stage(module_tmp):
     import ray
 
-    from runners.search import run_search
+    from runners.search.driver import run_search
 
     tmp = module_tmp("fidelity")
     uri = f"sqlite:///{tmp}/mlflow.db"
@@ -112,7 +112,7 @@ def _csv(client, run_id: str, path: str, dst: Path):
 def test_a_two_stage_search_refits_the_top_configurations_at_full_fidelity(two_stage):
     res = two_stage["res"]
     n_train = len(_synthetic().indices("train"))
-    from runners.fidelity import train_subset
+    from runners.search.fidelity import train_subset
 
     half = len(train_subset(_synthetic(), 0.5, 0).indices("train"))
     assert res.num_failed == 0 and len(res.leaderboard) == 2
@@ -194,7 +194,7 @@ def test_promote_takes_the_refit_winners_best_seed_and_says_why(two_stage, capsy
 
 @pytest.mark.slow
 def test_resuming_a_finished_two_stage_search_reruns_neither_stage(two_stage):
-    from runners.search import run_search
+    from runners.search.driver import run_search
 
     before = {r.info.run_id for r in search_runs(two_stage["uri"], "two-stage")[3]}
     old = os.getcwd()

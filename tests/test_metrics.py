@@ -1,10 +1,10 @@
-"""runners.metrics against hand-computed values."""
+"""runners.training.metrics against hand-computed values."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from runners.metrics import classification_metrics, confusion_matrix, per_class_report, plot_confusion_matrix
+from runners.training.metrics import classification_metrics, confusion_matrix, per_class_report, plot_confusion_matrix
 
 CLASSES = ["angry", "happy", "sad"]
 

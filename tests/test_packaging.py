@@ -1,4 +1,4 @@
-"""runners.packaging: a trial's weights as a self-contained MLflow model (pt2), loaded back."""
+"""runners.registry.packaging: a trial's weights as a self-contained MLflow model (pt2), loaded back."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,9 @@ import torch
 from fer_models import ModelConfig, build_model
 from runners.data.transforms import build_eval_transform
 from fer_models.errors import UserError
-from runners.packaging import (FERInference, ModelExportError, build_inference_module, export_inference_module,
-                               load_fer_model, log_fer_model, read_model_config)
-from runners.trial import DataSpec, run_trial
+from runners.registry.packaging import (FERInference, ModelExportError, build_inference_module, export_inference_module,
+                                        load_fer_model, log_fer_model, read_model_config)
+from runners.training.trial import DataSpec, run_trial
 from search_spaces import DataConfig, TrainConfig, TrialConfig
 
 

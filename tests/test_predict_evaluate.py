@@ -2,7 +2,7 @@
 
 One model for the whole module (logging takes seconds): a 1-epoch trial on synthetic faces,
 logged with `log_fer_model` and registered as version 1 of a registered model with the alias
-`champion`. Expected values are computed here, independently of runners.evaluate.
+`champion`. Expected values are computed here, independently of runners.serving.evaluate.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from conftest import run_cli
 from fer_models import ModelConfig
 from runners.cli import main
 from runners.data import FERDataset, load_dataset
-from runners.evaluate import class_key, evaluate_dataset, match_classes
-from runners.packaging import load_fer_model, log_fer_model
-from runners.trial import DataSpec, run_trial
+from runners.serving.evaluate import class_key, evaluate_dataset, match_classes
+from runners.registry.packaging import load_fer_model, log_fer_model
+from runners.training.trial import DataSpec, run_trial
 from search_spaces import DataConfig, TrainConfig, TrialConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def cmu_root() -> Path:
 
 
 def haar_available() -> bool:
-    from runners.predict import _cascade_class, find_cascade_file
+    from runners.serving.predict import _cascade_class, find_cascade_file
 
     return _cascade_class() is not None and find_cascade_file() is not None
 
@@ -141,7 +141,7 @@ def test_predict_detect_faces_on_a_real_face(model, env, tmp_path):
     face = cmu_root() / "an2i" / "an2i_straight_neutral_open.pgm"
     if not face.is_file():
         pytest.skip(f"CMU Face Images not found at {cmu_root()} (set FER_AUTOML_SHARED_DATA)")
-    from runners.predict import FaceDetector, read_image
+    from runners.serving.predict import FaceDetector, read_image
 
     blank = write_png(tmp_path / "blank.png", np.full((120, 128, 3), 128, np.uint8))
     r = run_cli("predict", "--model", model["uri"], "--tracking-uri", model["server"], "--detect-faces", "--json",
@@ -169,7 +169,7 @@ def test_predict_bad_usage(model, capsys, monkeypatch, tmp_path):
     img = write_png(tmp_path / "a.png", np.asarray(model["ds"].images[0]))
     assert main(["predict", "--model", f"models:/{NAME}-nope/1", "--tracking-uri", model["server"], str(img)]) == 2
     assert f"models:/{NAME}-nope/1" in capsys.readouterr().err
-    import runners.predict as rp
+    import runners.serving.predict as rp
 
     monkeypatch.setattr(rp, "_cascade_class", lambda: None)   # as with an OpenCV 5 wheel
     assert main(["predict", "--model", model["uri"], "--detect-faces", str(img)]) == 2
@@ -182,7 +182,7 @@ def trial_eval_probabilities(art: Path, images) -> np.ndarray:
 
     from fer_models import build_model
     from runners.data.transforms import build_eval_transform
-    from runners.packaging import read_model_config
+    from runners.registry.packaging import read_model_config
 
     cfg = read_model_config(art)
     size = int(cfg["trial"]["data"]["image_size"])
@@ -203,7 +203,7 @@ def test_predict_sees_the_pixels_of_the_trials_evaluation(model, tmp_path, capsy
     from PIL import Image
 
     from runners.data.synth import generate
-    from runners.predict import read_image
+    from runners.serving.predict import read_image
 
     faces = generate(3, size=48, seed=11).images
     upright = np.ascontiguousarray(faces[0][:, 6:42])              # 48 rows x 36 columns: orientation shows
@@ -253,7 +253,7 @@ def test_predict_refuses_a_fifo_without_blocking(model, tmp_path, capsys):
 def _cmu_faces_in_frames(tmp_path: Path, n_faces: int = 8, n_blank: int = 3):
     """CMU frontal faces pasted into 256 x 256 gray frames (the face a small part of the photo, as in
     a lab set), and blank frames without a face; a CSV manifest over them."""
-    from runners.predict import FaceDetector
+    from runners.serving.predict import FaceDetector
 
     detector = FaceDetector()
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -292,7 +292,7 @@ def test_evaluate_detect_faces_crops_and_reports_images_without_a_face(model, en
         pytest.skip("the installed OpenCV has no Haar cascade")
     if not cmu_root().is_dir():
         pytest.skip(f"CMU Face Images not found at {cmu_root()} (set FER_AUTOML_SHARED_DATA)")
-    from runners.predict import FaceDetector
+    from runners.serving.predict import FaceDetector
 
     manifest, faces, blanks = _cmu_faces_in_frames(tmp_path / "set")
     out_dir = tmp_path / "report"

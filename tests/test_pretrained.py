@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import textwrap
 
 import pytest
 import timm
@@ -254,8 +253,8 @@ def test_a_trial_trains_from_cached_weights_and_its_export_needs_no_hub(offline_
     and needs no hub or cache (the cache is emptied before)."""
     import shutil
 
-    from runners.packaging import build_inference_module
-    from runners.trial import DataSpec, run_trial
+    from runners.registry.packaging import build_inference_module
+    from runners.training.trial import DataSpec, run_trial
     from search_spaces import DataConfig, TrainConfig, TrialConfig
 
     sd = random_weights(seed=3)

@@ -4,7 +4,7 @@ registered as a model version that predict and evaluate use like a promoted tria
 A real MLflow store (a SQLite file), state dicts made here with random values (a preset's model
 on a small backbone, and an MA-Net checkpoint in the official layout through `models
 import-weights`); the expected probabilities are computed here with the in-memory model and the
-eval pipeline, independently of runners.packaging.
+eval pipeline, independently of runners.registry.packaging.
 """
 from __future__ import annotations
 
@@ -148,8 +148,8 @@ def test_a_second_import_is_registered_but_leaves_a_held_alias(imported, capsys)
     v2 = client.get_model_version(MODEL, "2")
     assert v2.tags["fer_automl.imported"] == "true" and v2.tags["fer_automl.layout"] == "ma_net"
     assert json.loads(v2.tags["fer_automl.classes"]) == ["happy", "surprise", "sad", "neutral"]
-    from runners.packaging import load_fer_model
-    from runners.tracking import using_store
+    from runners.registry.packaging import load_fer_model
+    from runners.search.tracking import using_store
 
     with using_store(imported["uri"]):
         pred = load_fer_model(f"models:/{MODEL}/2")
@@ -211,8 +211,8 @@ def test_an_official_ma_net_checkpoint_is_registered_with_its_layout(tmp_path, c
     osha = hashlib.sha256(official.read_bytes()).hexdigest()
     assert v.tags["fer_automl.official_file"] == f"{official.resolve()} sha256:{osha}"
 
-    from runners.packaging import load_fer_model
-    from runners.tracking import using_store
+    from runners.registry.packaging import load_fer_model
+    from runners.search.tracking import using_store
 
     with using_store(uri):
         pred = load_fer_model(f"models:/{MODEL}@published")

@@ -107,7 +107,7 @@ def sample_images(n=10):
 
 def test_promote_picks_the_best_trial_and_tags_the_version(search, champion, mlflow_server, capsys):
     client, exp, finished = search
-    from runners.registry import selected_value
+    from runners.registry.promote import selected_value
 
     figures = {rid: selected_value(client, run, "val_balanced_accuracy") for rid, run in finished.items()}
     best = max(figures.values())
@@ -150,7 +150,7 @@ def test_champion_loads_in_a_fresh_process_and_predicts_as_the_trial(search, cha
         assert cv2.imwrite(str(tmp_path / f"face_{i}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
     script = (
         "import glob, json, sys, cv2\n"
-        "from runners.packaging import load_fer_model\n"
+        "from runners.registry.packaging import load_fer_model\n"
         f"m = load_fer_model('models:/{MODEL}@champion')\n"
         "paths = sorted(glob.glob(sys.argv[1] + '/face_*.png'), key=lambda p: int(p.rsplit('_', 1)[1][:-4]))\n"
         "imgs = [cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB) for p in paths]\n"
@@ -172,7 +172,7 @@ def test_champion_loads_in_a_fresh_process_and_predicts_as_the_trial(search, cha
 def test_a_worse_run_is_refused_then_forced(search, champion, mlflow_server, capsys):
     client, exp, finished = search
     champ_value = float(champion.tags["fer_automl.metric_value"])
-    from runners.registry import selected_value
+    from runners.registry.promote import selected_value
 
     worse = [(selected_value(client, r, "val_balanced_accuracy"), rid) for rid, r in finished.items()]
     worse = sorted(w for w in worse if w[0] < champ_value)

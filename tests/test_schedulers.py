@@ -14,7 +14,7 @@ from _space_helpers import SEARCH_TEST_BACKBONE, search_test_space
 from conftest import search_runs
 from fer_models import ModelConfig
 from fer_models.errors import UserError
-from runners.trial import STATE_FILE, DataSpec, lr_factor, run_trial
+from runners.training.trial import STATE_FILE, DataSpec, lr_factor, run_trial
 from search_spaces import DataConfig, TrainConfig, TrialConfig
 
 
@@ -81,7 +81,7 @@ def _space_obj(tmp: Path, dims: dict, **search):
 
 
 def test_the_registry_has_one_entry_per_scheduler():
-    from runners.schedulers import SCHEDULERS
+    from runners.search.schedulers import SCHEDULERS
     from search_spaces.spec import SCHEDULER_FIELDS
 
     assert set(SCHEDULERS) == set(SCHEDULER_FIELDS) == {"asha", "hyperband", "fifo", "pbt", "pb2"}
@@ -90,7 +90,7 @@ def test_the_registry_has_one_entry_per_scheduler():
 def test_pbt_perturbs_lr_weight_decay_and_aug_strength_and_keeps_them_in_their_space(tmp_path):
     from ray.tune.schedulers import PopulationBasedTraining
 
-    from runners.schedulers import build_scheduler, perturbed_dimensions
+    from runners.search.schedulers import build_scheduler, perturbed_dimensions
 
     dims = {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
             "weight_decay": {"type": "choice", "values": [0.0, 1e-4, 1e-3]},
@@ -112,7 +112,7 @@ def test_pbt_perturbs_lr_weight_decay_and_aug_strength_and_keeps_them_in_their_s
 
 
 def test_pbt_on_a_space_with_nothing_to_perturb_is_refused(tmp_path):
-    from runners.schedulers import check_scheduler
+    from runners.search.schedulers import check_scheduler
 
     space = _space_obj(tmp_path, {"attention": {"type": "choice", "values": ["none", "se"]}},
                        algorithm="random", scheduler="pbt")
@@ -124,7 +124,7 @@ def test_pb2_is_built_when_scikit_learn_is_there(tmp_path):
     pytest.importorskip("sklearn", reason="PB2 needs scikit-learn (pip install 'fer-automl[pb2]')")
     from ray.tune.schedulers.pb2 import PB2
 
-    from runners.schedulers import build_scheduler, check_scheduler
+    from runners.search.schedulers import build_scheduler, check_scheduler
 
     dims = {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
     space = _space_obj(tmp_path, dims, algorithm="random", scheduler={"type": "pb2", "perturbation_interval": 1})
@@ -139,7 +139,7 @@ def test_pb2_is_built_when_scikit_learn_is_there(tmp_path):
 
 
 def test_fit_point_puts_pb2_values_back_on_the_grid(tmp_path):
-    from runners.schedulers import fit_point
+    from runners.search.schedulers import fit_point
 
     dims = {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
             "aug_strength": {"type": "float", "low": 0.0, "high": 0.6, "step": 0.2}}
@@ -152,7 +152,7 @@ def test_fit_point_puts_pb2_values_back_on_the_grid(tmp_path):
 
 def _pbt_space(tmp: Path, name: str) -> Path:
     """2 trials of 2 epochs, lr perturbed every epoch: the worse half clones the better after epoch 1
-    (the last epoch's report stops a trial before PBT sees it: runners.schedulers.population_stopper)."""
+    (the last epoch's report stops a trial before PBT sees it: runners.search.schedulers.population_stopper)."""
     d = search_test_space(name=name, presets=[], algorithm="random", num_samples=2, max_concurrent=2, seed=3,
                           scheduler={"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
                                      "resample_probability": 0.0})
@@ -168,7 +168,7 @@ def _pbt_space(tmp: Path, name: str) -> Path:
 def pbt_search(module_tmp):
     import ray
 
-    from runners.search import run_search
+    from runners.search.driver import run_search
 
     tmp = module_tmp("pbt-search")
     uri = f"sqlite:///{tmp}/mlflow.db"

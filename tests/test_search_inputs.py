@@ -25,7 +25,7 @@ def _space(tmp: Path, **search) -> Path:
 
 
 def _merged(space_file, **flags):
-    from runners.search import _merge_spec
+    from runners.search.driver import _merge_spec
     from search_spaces import load_space
 
     space = load_space(space_file)
@@ -54,7 +54,7 @@ def test_quickstart_with_format_cmu_faces_reads_the_folder(tmp_path, monkeypatch
     """The README's `search quickstart --format ... --data DIR` (a raw pydantic error before): what the
     start-up check and every trial load is DIR, at quickstart's 48 px."""
     from runners.data import load_dataset
-    from runners.search import data_spec_from
+    from runners.search.driver import data_spec_from
 
     monkeypatch.setenv("FER_AUTOML_CACHE_DIR", str(tmp_path / "cache"))
     spec = _merged("quickstart", format="cmu_faces", data=str(CMU_FACES))
@@ -98,7 +98,7 @@ def test_a_file_stem_that_is_not_a_folder_name_is_refused(tmp_path, monkeypatch)
     (tmp_path / "..yaml").write_text(yaml.safe_dump(d))  # its stem is "."
     monkeypatch.chdir(tmp_path)
     from fer_models.errors import UserError
-    from runners.search import run_search
+    from runners.search.driver import run_search
 
     with pytest.raises(UserError, match="named after the file.*give search.name or --name"):
         run_search(str(tmp_path / "..yaml"), tracking_uri=f"sqlite:///{tmp_path}/m.db")

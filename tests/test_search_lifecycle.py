@@ -114,7 +114,7 @@ def make_writable(path: Path) -> None:
 def test_two_sqlite_stores_used_from_one_folder_keep_their_artifacts_apart(tmp_path, monkeypatch):
     import mlflow
 
-    from runners.tracking import get_or_create_experiment
+    from runners.search.tracking import get_or_create_experiment
 
     monkeypatch.chdir(tmp_path)
     stores = [tmp_path / "a" / "mlflow.db", tmp_path / "b" / "team.db"]

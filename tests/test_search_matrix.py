@@ -78,8 +78,9 @@ def test_the_pairwise_cover_covers_every_pair():
 
 def test_grid_puts_the_presets_first_and_runs_each_point_once(tmp_path):
     """No Ray: the grid's list of points, as BasicVariantGenerator enumerates it."""
-    from runners.search import _merge_spec, _searcher, is_searcher
-    from search_spaces import POINT_KEY, load_space, to_ray_grid
+    from runners.search.driver import _merge_spec, _searcher, is_searcher
+    from runners.search.searchers import to_ray_grid
+    from search_spaces import POINT_KEY, load_space
 
     d = combo_space("grid", "fifo", True, None)
     d["presets"]["fast"] = {"attention": "cbam", "num_patches": 0, "lr": 0.01}
@@ -119,7 +120,7 @@ def matrix_env(module_tmp):
 @pytest.mark.slow
 @pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
 def test_every_accepted_combination_runs(combo, matrix_env):
-    from runners.search import run_search
+    from runners.search.driver import run_search
 
     alg, sched, presets, second = combo
     name = combo_id(combo)

@@ -17,8 +17,8 @@ import yaml
 
 from conftest import search_runs
 from runners.cli import main
-from runners.pareto import dominates, pareto_front, pareto_rows
-from runners.search import grid_settings, sort_leaderboard
+from runners.search.pareto import dominates, pareto_front, pareto_rows
+from runners.search.driver import grid_settings, sort_leaderboard
 from _space_helpers import search_test_space
 
 SPACE = search_test_space(name="mo-search", second_objective="params", seed=3)
@@ -87,7 +87,7 @@ def test_costs_of_a_model_and_the_rng_left_alone():
 
 
 def test_plots_of_one_trial_and_of_conditional_and_failed_trials(tmp_path):
-    from runners.study_plots import rebuild_study, write_plots
+    from runners.search.plots import rebuild_study, write_plots
     from search_spaces import load_space, sample
 
     space = load_space("quickstart")

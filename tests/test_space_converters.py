@@ -10,7 +10,8 @@ import pytest
 
 from search_spaces import (POINT_KEY, SpaceError, architecture_count, architecture_key, grid_midpoints, grid_points,
                            grid_size, load_space, optuna_distributions, point_from_config, sample, sample_point,
-                           to_optuna, to_ray_grid, to_ray_param_space)
+                           to_optuna)
+from runners.search.searchers import to_ray_grid, to_ray_param_space
 from search_spaces.samplers import _components, _enumerate
 from search_spaces.schema import FloatDim
 from search_spaces.space import SearchSpace

@@ -260,11 +260,11 @@ def test_every_error_is_reported_at_once(tmp_path):
 
 
 def test_tpe_settings_reach_optunas_sampler(tmp_path):
-    """search.tpe is handed to the TPESampler the search runs (runners.search._searcher); left out,
+    """search.tpe is handed to the TPESampler the search runs (runners.search.driver._searcher); left out,
     Optuna's own defaults hold."""
     from optuna.samplers import TPESampler
 
-    from runners.search import _searcher
+    from runners.search.driver import _searcher
 
     text = GOOD + "search: {seed: 1, tpe: {n_startup_trials: 3, multivariate: true, constant_liar: true}}\n"
     space = load_space(write(tmp_path, text))

@@ -1,4 +1,4 @@
-"""runners.trial: one real trial on built-in synthetic faces (CPU, 32 px)."""
+"""runners.training.trial: one real trial on built-in synthetic faces (CPU, 32 px)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import torch
 
 from _space_helpers import SEARCH_TEST_BACKBONE, first_conv_key
 from fer_models import ModelConfig
-from runners.trial import BEST_FILE, STATE_FILE, TIMING_ENV, DataSpec, TrialFailed, lr_factor, mark, run_trial
+from runners.training.trial import BEST_FILE, STATE_FILE, TIMING_ENV, DataSpec, TrialFailed, lr_factor, mark, run_trial
 from search_spaces import DataConfig, TrainConfig, TrialConfig
 
 METRICS = {"val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_loss", "train_loss", "images_per_second",
@@ -128,7 +128,7 @@ def test_mark_is_a_no_op_without_its_environment_variable(tmp_path, monkeypatch)
 
 
 def test_checkpoint_best_weights_are_linked_not_rewritten(tmp_path):
-    from runners.trial import _link_or_copy, _save_new_file
+    from runners.training.trial import _link_or_copy, _save_new_file
 
     best = tmp_path / BEST_FILE
     _save_new_file({"w": torch.zeros(3)}, best)
@@ -245,7 +245,7 @@ def test_a_seeded_model_does_not_depend_on_what_was_built_before():
 def test_val_objective_is_minimised_like_a_loss():
     """val_objective (the weighted training objective) is lower-is-better wherever a metric's
     direction is decided: a search's default mode and promote's ranking."""
-    from runners.registry import higher_is_better
+    from runners.registry.promote import higher_is_better
     from search_spaces import SearchSpec
 
     assert SearchSpec(metric="val_objective").mode == "min"

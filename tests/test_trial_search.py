@@ -60,7 +60,7 @@ def searched(module_tmp):
     on the same local Ray."""
     import ray
 
-    from runners.search import run_search
+    from runners.search.driver import run_search
 
     tmp = module_tmp("trial-search")
     uri = f"sqlite:///{tmp}/mlflow.db"
@@ -137,7 +137,7 @@ def test_keep_checkpoints_keeps_that_many(searched):
 _KILLED_TRIAL = """
 import sys, time
 from pathlib import Path
-from runners.scratch import trial_scratch
+from runners.training.scratch import trial_scratch
 with trial_scratch(sys.argv[1], tmp=sys.argv[2]) as d:
     (d / "state.pt").write_bytes(b"x" * 100000)
     print(d, flush=True)
@@ -157,7 +157,7 @@ def _killed_trial_scratch(search_dir: str, tmp: Path) -> Path:
 
 
 def test_remove_dead_scratch_removes_only_dead_trials_of_its_search(tmp_path):
-    from runners.scratch import OWNER_FILE, remove_dead_scratch, trial_scratch
+    from runners.training.scratch import OWNER_FILE, remove_dead_scratch, trial_scratch
 
     ours, other = str(tmp_path / "ray" / "s1"), str(tmp_path / "ray" / "s2")
     dead = _killed_trial_scratch(ours, tmp_path)
@@ -175,7 +175,7 @@ def test_remove_dead_scratch_removes_only_dead_trials_of_its_search(tmp_path):
 def test_resume_removes_the_scratch_of_killed_trials_of_this_search(searched, capsys, monkeypatch):
     import tempfile
 
-    from runners.scratch import trial_scratch
+    from runners.training.scratch import trial_scratch
 
     tmp = searched["tmp"]
     space = tmp / "epochs-it.yaml"
@@ -205,8 +205,8 @@ def test_child_runs_are_named_by_what_they_are_and_show_their_dataset(searched):
     fingerprint as digest), which the runs table shows in its Dataset column."""
     import json
 
-    from runners.search import trial_label
-    from runners.tracking import DATASET_DIGEST_CHARS
+    from runners.search.driver import trial_label
+    from runners.search.tracking import DATASET_DIGEST_CHARS
     from search_spaces import load_space
 
     client, _, parents, children = search_runs(searched["uri"], "epochs-it")
@@ -236,7 +236,7 @@ def test_a_search_without_fidelity_counts_image_epochs_and_has_one_stage(searche
     """Issue 11: every trial reports `image_epochs` (training images processed so far: compute), also
     without a `fidelity` section; such a search has one stage (`search`), no refit, and its trials
     train on the whole training split at the point's own size."""
-    from runners.trial import DataSpec
+    from runners.training.trial import DataSpec
 
     res = searched["res"]
     assert res.refit == [] and res.refit_winner is None
@@ -252,10 +252,10 @@ def test_a_search_without_fidelity_counts_image_epochs_and_has_one_stage(searche
 
 
 def test_a_trial_whose_point_cannot_be_named_keeps_its_id_as_run_name():
-    # the tracker names child runs with runners.search.trial_label on the validated point; a point
+    # the tracker names child runs with runners.search.driver.trial_label on the validated point; a point
     # that does not validate must fall back to the trial id, not raise inside Ray Tune's callback
     # (which ended the whole search)
-    from runners.tracking import run_label
+    from runners.search.tracking import run_label
 
     def name_of(config):
         raise ValueError("num_patches=9 with patch_split=ceil at image_size=32")

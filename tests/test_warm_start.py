@@ -4,7 +4,6 @@ local Ray: search A, then search B `--warm-start A` over a space one of A's poin
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import yaml
 from _space_helpers import search_test_space
 from conftest import search_runs
 from fer_models.errors import UserError
-from runners.warm_start import fit_errors, load_warm_start, read_source, recover_point
+from runners.search.warm_start import fit_errors, load_warm_start, read_source, recover_point
 from search_spaces import SearchSpec, load_space
 
 METRIC = "val_balanced_accuracy"
@@ -47,7 +46,7 @@ TRIALS = [
 
 def _search(client, name: str, trials, tmp: Path, metric: str = METRIC, mode: str = "max",
             second: str = "None", second_values=None):
-    from runners.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID
+    from runners.search.tracking import TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID
 
     exp = client.create_experiment(name, artifact_location=str(tmp / "art" / name))
     parent = client.create_run(exp, tags={TAG_KIND: "search", TAG_SEARCH: name})
@@ -158,7 +157,7 @@ def test_two_sources_and_another_store(store, tmp_path):
 
     import mlflow
 
-    from runners.tracking import sqlite_db_path
+    from runners.search.tracking import sqlite_db_path
 
     shutil.copy(sqlite_db_path(store), tmp_path / "other.db")  # a store of its own (copied: no migrations)
     other = f"sqlite:///{tmp_path}/other.db"
@@ -252,7 +251,7 @@ def test_search_b_starts_from_search_a(tmp_path, monkeypatch, capsys):
     import ray
 
     from runners.cli import main
-    from runners.search import run_search
+    from runners.search.driver import run_search
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FER_AUTOML_CACHE_DIR", str(tmp_path / "cache"))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-# the same as runners.evaluate's (not imported here: `fer-automl --help` stays light)
+# the same as runners.serving.evaluate's (not imported here: `fer-automl --help` stays light)
 SPLIT_CHOICES = ("test", "val", "train", "all")
 DEFAULT_EXPERIMENT = "fer-automl-evaluations"
 
@@ -46,14 +46,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from fer_models.errors import UserError, UserPathError
 
-    from ..data import get_reader, load_dataset
-    from ..ensemble import evaluate_members, member_metrics
-    from ..evaluate import check_output_dir, evaluate_dataset, log_evaluation, resolve_model_ref, write_artifacts
-    from ..packaging import load_fer_model
-    from ..predict import FaceDetector
-    from ..registry import require_existing_store
-    from ..tracking import check_tracking_server, resolve_tracking_uri, using_store
-    from .data import _parse_options
+    from runners.data import get_reader, load_dataset
+    from runners.registry.ensemble import evaluate_members, member_metrics
+    from runners.serving.evaluate import check_output_dir, evaluate_dataset, log_evaluation, resolve_model_ref, write_artifacts
+    from runners.registry.packaging import load_fer_model
+    from runners.serving.predict import FaceDetector
+    from runners.registry.promote import require_existing_store
+    from runners.search.tracking import check_tracking_server, resolve_tracking_uri, using_store
+    from runners.commands.data import _parse_options
 
     # what can be checked in milliseconds first: the output folder, the face detector, the tracking server,
     # the format, the path, the options
@@ -141,7 +141,7 @@ def _print_report(ev, ref, logged, tracking, args, members=(), tta=None) -> None
     for k in ("accuracy", "balanced_accuracy", "macro_f1"):
         print(f"{k:<20}{ev.metrics[k]:>8.4f}")
     if members:
-        from ..ensemble import members_table
+        from runners.registry.ensemble import members_table
 
         print()
         print(f"members and ensemble on the same {ev.num_images} images:")

@@ -5,10 +5,7 @@ import argparse
 import json
 
 
-# bounds of the describe flags: the sizes a trial trains at (data.image_size) and the classes a
-# model config allows; beyond them a typo would allocate gigabytes before saying anything
-IMAGE_SIZE_RANGE = (16, 1024)
-NUM_CLASSES_RANGE = (2, 1000)
+from runners.registry.model_files import IMAGE_SIZE_RANGE, NUM_CLASSES_RANGE, check_range, load_model_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,14 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     iw.set_defaults(func=_import_weights)
 
 
-def _check_range(flag: str, value: int, bounds: tuple) -> None:
-    from fer_models.errors import UserError
-
-    lo, hi = bounds
-    if not lo <= value <= hi:
-        raise UserError(f"{flag} must be in {lo}..{hi}, got {value}")
-
-
 def _list(args: argparse.Namespace) -> int:
     from fer_models import ATTENTION_REGISTRY, PRESETS
 
@@ -66,48 +55,13 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_config(name: str, num_classes: int):
-    from pathlib import Path
-
-    from pydantic import ValidationError
-
-    from fer_models import PRESETS, ModelConfig, preset_config
-    from fer_models.errors import UserError, UserPathError, user_error_from_validation
-    from search_spaces.yamlio import load_yaml
-
-    if name in PRESETS:
-        return preset_config(name, num_classes=num_classes)
-    path = Path(name)
-    if not name or not path.exists():
-        raise UserPathError(f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor a model-config file")
-    data = load_yaml(path, what="model-config file")
-    nested = isinstance(data, dict) and "model" in data
-    if nested:  # a trial config (model/train/data sections): its model section
-        extra = sorted(str(k) for k in data if k not in ("model", "train", "data"))
-        if extra:
-            raise UserError(f"{path}: unknown top-level key(s) {', '.join(map(repr, extra))} beside 'model' "
-                            "(a model config is either the model's keys, or a 'model:' section)")
-        data = data["model"]
-    where = f"{path}: model" if nested else str(path)
-    if not isinstance(data, dict):
-        got = "an empty file" if data is None else f"{type(data).__name__} {data!r:.60}"
-        raise UserError(f"{where}: expected a mapping of model-config keys (backbone, attention, num_patches, "
-                        f"...), got {got}")
-    data = {"num_classes": num_classes, **data}
-    try:
-        return ModelConfig.model_validate(data)
-    except ValidationError as exc:
-        raise user_error_from_validation(exc, source=str(path), prefix="model." if nested else "",
-                                         known=ModelConfig.model_fields) from None
-
-
 def _describe(args: argparse.Namespace) -> int:
     from fer_models import build_model
     from fer_models.cost import count_macs, count_params
 
-    _check_range("--image-size", args.image_size, IMAGE_SIZE_RANGE)
-    _check_range("--num-classes", args.num_classes, NUM_CLASSES_RANGE)
-    cfg = _load_config(args.name, args.num_classes)
+    check_range("--image-size", args.image_size, IMAGE_SIZE_RANGE)
+    check_range("--num-classes", args.num_classes, NUM_CLASSES_RANGE)
+    cfg = load_model_config(args.name, args.num_classes)
     if args.backbone is not None:
         from pydantic import ValidationError
 
@@ -151,7 +105,7 @@ def _import_weights(args: argparse.Namespace) -> int:
     if args.layout is not None and args.layout not in LAYOUTS:
         raise UserError(f"--from {args.layout!r}: unknown layout; valid: {', '.join(LAYOUTS)}")
     if args.num_classes is not None:
-        _check_range("--num-classes", args.num_classes, NUM_CLASSES_RANGE)
+        check_range("--num-classes", args.num_classes, NUM_CLASSES_RANGE)
     sd, kind, skipped = read_official(args.file)
     layout = args.layout or detect_layout(sd, kind)
     num_classes = args.num_classes
@@ -160,11 +114,11 @@ def _import_weights(args: argparse.Namespace) -> int:
         num_classes = fc.shape[0] if fc is not None else 7
         if not NUM_CLASSES_RANGE[0] <= num_classes <= NUM_CLASSES_RANGE[1]:
             raise UserError(f"{args.file}: its classifier has {num_classes} rows; give --num-classes")
-    cfg = _load_config(args.preset, num_classes)
+    cfg = load_model_config(args.preset, num_classes)
     model = build_model(cfg)
     rep = import_state_dict(sd, kind, skipped, args.file, layout, model, args.partial)
     out = save_imported(rep, args.out)
-    from ..imported import write_sidecar  # what `promote --weights` reads back: layout, preset, source
+    from runners.registry.imported import write_sidecar  # what `promote --weights` reads back: layout, preset, source
 
     side = write_sidecar(out, layout=layout, preset=args.preset, num_classes=cfg.num_classes, source=args.file)
     print(f"{args.file} -> {out} ({args.preset}, num_classes={cfg.num_classes}; provenance for promote --weights: "

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..predict import FaceDetector, predict_files
+    from runners.serving.predict import FaceDetector, predict_files
 
     detector = FaceDetector.from_flags(args.detect_faces, args.cascade)
     predictor = _load(args.model, args.tracking_uri)
@@ -42,7 +42,7 @@ def _predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"fer-automl: {len(failed)} of {len(results)} image(s) failed: "
               + "; ".join(f"{r.path}: {r.error}" for r in failed[:10]), file=sys.stderr)
-        from ..cli import EXIT_SOME_FAILED
+        from runners.errors import EXIT_SOME_FAILED
 
         return EXIT_SOME_FAILED
     return 0
@@ -50,9 +50,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _load(uri: str, tracking_uri):
     """The model, with models:/ URIs resolved against the tracking server (errors name the URI)."""
-    from ..packaging import load_fer_model
-    from ..registry import require_existing_store
-    from ..tracking import check_tracking_server, resolve_tracking_uri, using_store
+    from runners.registry.packaging import load_fer_model
+    from runners.registry.promote import require_existing_store
+    from runners.search.tracking import check_tracking_server, resolve_tracking_uri, using_store
 
     tracking = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("models:/", "runs:/")):

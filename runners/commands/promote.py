@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..registry import DEFAULT_ALIAS, DEFAULT_METRIC, DEFAULT_MODEL_NAME
+    from runners.registry.promote import DEFAULT_ALIAS, DEFAULT_METRIC, DEFAULT_MODEL_NAME
 
     p = sub.add_parser("promote", help="register the best trial's model in the MLflow registry and move an alias "
                                        "to it when it beats the current holder")
@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--run", dest="run_id", help="a trial's MLflow run id: promote that trial")
     which.add_argument("--weights", metavar="FILE.pt",
                        help="register an imported state dict of --preset (e.g. `models import-weights` output; "
-                            "runners/imported.py)")
+                            "runners/registry/imported.py)")
     w = p.add_argument_group("with --weights")
     w.add_argument("--preset", help="the preset (see `models list`) or model-config file the state dict is for")
     w.add_argument("--image-size", type=int, default=None, help="input side S of the registered model (default 224)")
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reason", help="why --force: recorded as a tag on the version")
     p.add_argument("--ensemble", type=int, metavar="K", default=None,
                    help="register one model averaging the softmax of the search's top-K trials (the refit stage's "
-                        "where the search has one; see runners/ensemble.py)")
+                        "where the search has one; see runners/registry/ensemble.py)")
     p.add_argument("--tta", default=None, metavar="{none,flip}",
                    help="test-time augmentation inside the registered model: flip averages each image with its "
                         "mirror (alone: the best trial with flip TTA)")
@@ -45,13 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _promote(args: argparse.Namespace) -> int:
     import sys
 
-    from ..registry import EXIT_REFUSED, PromoteError, promote
+    from runners.errors import EXIT_REFUSED
+    from runners.registry.promote import PromoteError, promote
 
     if args.force and not (args.reason or "").strip():
         raise PromoteError("--force needs --reason TEXT (it is recorded on the version)")
     res = _promote_weights(args)  # None unless --weights
     if res is None and (args.ensemble is not None or args.tta is not None):
-        from ..ensemble import promote_ensemble
+        from runners.registry.ensemble import promote_ensemble
 
         res = promote_ensemble(search=args.search, run_id=args.run_id, k=args.ensemble, tta=args.tta,
                                model_name=args.model_name, alias=args.alias, metric=args.metric, force=args.force,
@@ -66,8 +67,8 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _promote_weights(args: argparse.Namespace):
-    """promote --weights (runners/imported.py); None for --search / --run, whose flags it refuses."""
-    from ..registry import DEFAULT_METRIC, PromoteError
+    """promote --weights (runners/registry/imported.py); None for --search / --run, whose flags it refuses."""
+    from runners.registry.promote import DEFAULT_METRIC, PromoteError
 
     own = [f for f, v in (("--preset", args.preset), ("--image-size", args.image_size),
                           ("--num-classes", args.num_classes), ("--classes", args.classes),
@@ -83,7 +84,7 @@ def _promote_weights(args: argparse.Namespace):
         raise PromoteError(f"{', '.join(other)}: not with --weights (an imported model has no trials or figures)")
     if not args.preset:
         raise PromoteError("--weights needs --preset NAME: the preset (or model-config file) the state dict is for")
-    from ..imported import promote_weights
+    from runners.registry.imported import promote_weights
 
     return promote_weights(weights=args.weights, preset=args.preset, image_size=args.image_size,
                            num_classes=args.num_classes, classes=args.classes, layout=args.layout,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import EXIT_SOME_FAILED, EXIT_TRACKING_PAUSED
+from runners.errors import EXIT_SOME_FAILED, EXIT_TRACKING_PAUSED
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from ..search import format_leaderboard, format_pareto, run_search
+    from runners.search.driver import format_leaderboard, format_pareto, run_search
 
     res = run_search(args.spec, name=args.name, data=args.data, format=args.format, num_samples=args.num_samples,
                      storage_path=args.storage_path, address=args.address, tracking_uri=args.tracking_uri,
@@ -50,7 +50,7 @@ def _search(args: argparse.Namespace) -> int:
               "pareto_front.csv on the parent run):")
         print(format_pareto(res.pareto_front, res.metric, res.second_metric))
     if res.refit:
-        from ..fidelity import format_refit_leaderboard
+        from runners.search.fidelity import format_refit_leaderboard
 
         print()
         print(f"refit stage ({len(res.refit)} configurations at full fidelity, mean ± std over seeds; "

@@ -39,7 +39,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
     from fer_models.errors import UserError, UserPathError
 
-    from ..data import READERS
+    from runners.data import READERS
 
     if args.format not in READERS:
         raise UserError(f"--format {args.format!r}: unknown dataset format; valid: {', '.join(sorted(READERS))}")
@@ -71,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     from search_spaces import load_space
     from search_spaces.yamlio import load_yaml
 
-    from ..trial import DataSpec, TrialFailed, resolve_device, run_trial
+    from runners.training.trial import DataSpec, TrialFailed, resolve_device, run_trial
 
     _check_args(args)
     path = Path(args.config)

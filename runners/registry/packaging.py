@@ -99,7 +99,7 @@ def build_inference_module(artifacts_dir: Union[str, Path]) -> tuple:
         "input": "uint8 RGB images, shape (N, image_size, image_size, 3)",
         "output": "class probabilities, shape (N, len(classes)), in the order of `classes`",
     }
-    if cfg.get("imported"):  # promote --weights (runners.imported): where the weights came from
+    if cfg.get("imported"):  # promote --weights (runners.registry.imported): where the weights came from
         meta["imported"] = dict(cfg["imported"])
     return module, meta
 
@@ -195,7 +195,7 @@ class FERPredictor:
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """One RGB uint8 image of any size -> (S, S, 3) uint8, resized with the datasets' resize
         (`runners.data.imageio.resize_to`), so a file gives the pixels a trial evaluated."""
-        from .data.imageio import resize_to
+        from runners.data.imageio import resize_to
 
         img = np.asarray(image)
         if img.ndim == 2:

@@ -33,8 +33,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from fer_models.errors import UserError
 
-from .tracking import (TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID, _store_errors, _store_reason, resolve_tracking_uri,
-                       sqlite_db_path)
+from runners.search.tracking import (TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID, _store_errors, _store_reason,
+                                     resolve_tracking_uri, sqlite_db_path)
 
 STUDY_NAME = "fer-automl"
 # the user attributes a seeded Optuna trial carries (where it came from)
@@ -115,7 +115,7 @@ class WarmStart:
 
     def record(self, client, parent_run_id: str) -> None:
         """The parent run's params (sources, counts) and its `warm_start.txt`."""
-        from .tracking import RunWriter
+        from runners.search.tracking import RunWriter
 
         RunWriter(client).params(parent_run_id, {
             "warm_start.sources": ", ".join(s.source for s in self.sources)[:6000],
@@ -259,7 +259,7 @@ def read_source(source: str, space, spec, default_uri: str, from_flag: bool = Tr
     if db is not None and not db.is_file():  # reading would create an empty store
         raise UserError(f"{origin} {source!r}: the MLflow store {uri} does not exist (no file {db})")
     if uri != default_uri:  # the search's own store was checked already
-        from .tracking import check_tracking_server
+        from runners.search.tracking import check_tracking_server
 
         check_tracking_server(uri)
     try:

@@ -58,7 +58,7 @@ def read_image(path: Path) -> np.ndarray:
     """An image file -> H x W x 3 uint8 RGB, decoded as datasets are (`decode_bytes`: EXIF orientation
     applied); OSError / ValueError with the reason otherwise (a per-image error of `predict`).
     Only regular files are read: a FIFO, socket or device is refused without opening it."""
-    from .data.imageio import CorruptImage, decode_bytes
+    from runners.data.imageio import CorruptImage, decode_bytes
 
     path = Path(path)
     if not path.exists():

@@ -36,8 +36,8 @@ from fer_models import build_model
 from fer_models.errors import UserError
 from fer_models.losses import build_loss
 
-from .data.splits import split_fingerprint
-from .metrics import classification_metrics, confusion_matrix, per_class_report, plot_confusion_matrix
+from runners.data.splits import split_fingerprint
+from runners.training.metrics import classification_metrics, confusion_matrix, per_class_report, plot_confusion_matrix
 
 STATE_FILE = "state.pt"
 BEST_FILE = "best_model.pt"
@@ -66,7 +66,7 @@ class DataSpec:
     cache_dir: Optional[str] = None
 
     def load(self, image_size: int):
-        from .data import load_dataset
+        from runners.data import load_dataset
 
         return load_dataset(self.format, self.path, image_size=image_size, seed=self.seed,
                             val_fraction=self.val_fraction, test_fraction=self.test_fraction,
@@ -291,19 +291,19 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
     second_objective: `params`, `macs` or `latency` (a multi-objective search): measured once on
     the built model and reported with every epoch as `params`, `macs` or `latency_ms`.
     train_fraction: (0, 1) trains on that stratified subset of the training split, seeded by the
-    dataset's split seed (the search stage of a search with `fidelity`, runners.fidelity); val and
+    dataset's split seed (the search stage of a search with `fidelity`, runners.search.fidelity); val and
     test untouched. Every epoch reports `image_epochs`: training images processed so far.
     constraints: limits (`max_params`, `max_macs`, `max_latency_ms`) measured on the built model
     before any epoch; a model that breaks one is reported once as infeasible and not trained
-    (`runners.constraints`). The figures measured are reported with every epoch of a feasible trial.
+    (`runners.training.constraints`). The figures measured are reported with every epoch of a feasible trial.
     resume_from: a checkpoint of this trial, or of another one (population-based training clones
     the checkpoint of a better trial): the model, optimizer and schedule state are restored, and the
     learning rate and weight decay are the ones `cfg` says, not the checkpoint's.
     """
     from fer_models.pretrained import timm_weights_name
 
-    from .data.torch_data import class_weights, make_loader
-    from .data.transforms import build_eval_transform, build_train_transform, normalization_for
+    from runners.data.torch_data import class_weights, make_loader
+    from runners.data.transforms import build_eval_transform, build_train_transform, normalization_for
 
     out_dir = Path(out_dir)
     train, mcfg = cfg.train, cfg.model
@@ -320,7 +320,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
 
     ds = data.load(image_size) if isinstance(data, DataSpec) else data
     if train_fraction is not None and train_fraction < 1:
-        from .fidelity import train_subset
+        from runners.search.fidelity import train_subset
 
         ds = train_subset(ds, train_fraction, seed=int(getattr(data, "seed", 0)))
     mark("trial_data_loaded", torch_threads=torch.get_num_threads())  # Ray sets OMP_NUM_THREADS to the trial's cpu
@@ -379,7 +379,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
             costs[name] = cost(model, second_objective, image_size, device=str(dev), bf16=amp,
                                channels_last=channels_last)
     if constraints and state is None:  # a trial with a checkpoint was feasible when it started
-        from .constraints import broken, infeasible_result, measure
+        from runners.training.constraints import broken, infeasible_result, measure
 
         measure(model, constraints, image_size, costs, device=str(dev), bf16=amp, channels_last=channels_last)
         breaks = broken(constraints, costs)
@@ -492,7 +492,7 @@ def best_weights_in(ckpt: Path) -> Path:
 def _finish(cfg, mcfg, model, loss_fn, ds, classes, eval_tf, norm, bs, dev, amp, channels_last, out_dir, ckpt,
             num_workers) -> Dict[str, float]:
     """Best-validation weights, tested once; artifacts for tracking written into the checkpoint."""
-    from .data.torch_data import make_loader
+    from runners.data.torch_data import make_loader
 
     model.load_state_dict(torch.load(out_dir / BEST_FILE, map_location=dev, weights_only=True))
     art = ckpt / ARTIFACTS_DIR

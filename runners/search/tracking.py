@@ -30,7 +30,7 @@ TAG_SEARCH = "fer_automl.search"
 TAG_TRIAL_ID = "fer_automl.trial_id"
 TAG_KIND = "fer_automl.kind"  # search | trial | evaluation
 TAG_STATUS = "fer_automl.status"  # finished (ran its own epochs) | stopped_early (by the scheduler) | failed
-# | infeasible (broke a search.constraints limit: not trained, the run ends FINISHED; runners.constraints)
+# | infeasible (broke a search.constraints limit: not trained, the run ends FINISHED; runners.training.constraints)
 TAG_FAILURE = "fer_automl.failure_reason"
 TAG_PARETO = "fer_automl.pareto"  # true | false on the child runs of a multi-objective search
 TAG_NODE_ID = "fer_automl.node_id"  # the Ray node that ran the trial (its latest attempt)
@@ -476,7 +476,7 @@ def make_tracker(**kwargs):
             point = self.point_of(trial.config)
             name_of = self.__dict__.get("name_of")  # a tracker restored from an older search has none
             label = run_label(name_of, trial.config, tid)
-            run_info = self.__dict__.get("run_info")  # runners.fidelity.run_info
+            run_info = self.__dict__.get("run_info")  # runners.search.fidelity.run_info
             extra, suffix = run_info(trial.config) if run_info is not None else ({}, "")
             run = self._client.create_run(
                 self.experiment_id, run_name=f"t{len(self.runs) + 1:02d} {label}{suffix}",
@@ -498,13 +498,13 @@ def make_tracker(**kwargs):
 
         def _on_result(self, trial, result) -> None:
             rid = self._run_for(trial)
-            from .constraints import is_infeasible, run_fields
+            from runners.training.constraints import STATUS_INFEASIBLE, is_infeasible, run_fields
 
             if is_infeasible(result):  # search.constraints: the measured figures, none of the stand-in worst values
                 metrics, tags = run_fields(result)
                 self.__dict__.setdefault("infeasible", set()).add(trial.trial_id)
                 self.writer.metric(rid, metrics, 0)
-                self.writer.tags(rid, tags)
+                self.writer.tags(rid, {TAG_STATUS: STATUS_INFEASIBLE, **tags})
                 return
             step = int(result.get("epoch", result.get("training_iteration", 0)))
             self.last_step[trial.trial_id] = step

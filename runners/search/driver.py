@@ -23,12 +23,12 @@ import yaml
 
 from fer_models.errors import UserError, UserPathError
 
-from .pareto import is_number, pareto_front
-from .tracking import (TAG_FAILURE, TAG_KIND, TAG_PARETO, TAG_SEARCH, TAG_STATUS, check_store_writable,
-                       check_tracking_server, complete_trial_runs, dataset_input_fields, find_child_runs,
-                       get_or_create_experiment, guarded, make_tracker, resolve_tracking_uri, tracking_paused,
-                       trial_status, unpause_tracking)
-from .trial import DataSpec, check_classes, mark
+from runners.search.pareto import is_number, pareto_front
+from runners.search.tracking import (TAG_FAILURE, TAG_KIND, TAG_PARETO, TAG_SEARCH, TAG_STATUS, check_store_writable,
+                                     check_tracking_server, complete_trial_runs, dataset_input_fields, find_child_runs,
+                                     get_or_create_experiment, guarded, make_tracker, resolve_tracking_uri,
+                                     tracking_paused, trial_status, unpause_tracking)
+from runners.training.trial import DataSpec, check_classes, mark
 
 # the metrics are the trial's last report (what the scheduler and the searcher saw); the trial keeps
 # (and `fer-automl promote` logs) the weights of its best validation epoch: best_epoch, and
@@ -56,7 +56,7 @@ class SearchResult:
     pareto_front: List[Dict[str, Any]] = field(default_factory=list)  # rows on the front, best metric first
     notes: List[str] = field(default_factory=list)  # what the summary could not do (a plot not drawn, ...)
     tracking_paused: Optional[str] = None  # why MLflow took no writes (the records are incomplete: --resume)
-    # a search with `fidelity.refit` (runners.fidelity): one row per refit configuration, best mean first
+    # a search with `fidelity.refit` (runners.search.fidelity): one row per refit configuration, best mean first
     refit: List[Dict[str, Any]] = field(default_factory=list)
     refit_winner: Optional[Dict[str, Any]] = None
     num_infeasible: int = 0  # trials whose point broke search.constraints (not trained, not failures)
@@ -103,7 +103,7 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
 
     from search_spaces import load_space, point_from_config
 
-    from .trial import run_trial
+    from runners.training.trial import run_trial
 
     mark("trial_start")
     # the space travels as parsed YAML: the driver's file need not exist on the node running this trial
@@ -112,11 +112,11 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
     point = point_from_config(config, space)
     perturbed = static.get("perturbed") or []
     if perturbed:  # pbt/pb2 may hand over a value off its dimension's grid (PB2: any float in the range)
-        from .schedulers import fit_point
+        from runners.search.schedulers import fit_point
 
         point = fit_point(space, point, perturbed)
     cfg = space.validate(point)
-    from .fidelity import FIDELITY_KEY, apply_fidelity
+    from runners.search.fidelity import FIDELITY_KEY, apply_fidelity
 
     # beside the point, not in it: the fidelity of a two-stage search (train fraction, image size, refit seed)
     cfg, train_fraction = apply_fidelity(cfg, config.get(FIDELITY_KEY))
@@ -124,7 +124,7 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
     node_id = ray.get_runtime_context().get_node_id()  # which node ran it (the tracker tags the child run)
     hparams = {f"hp_{n}": point[n] for n in perturbed if isinstance(point.get(n), (int, float))}
     if perturbed:
-        from .schedulers import TRIAL_EPOCHS_KEY
+        from runners.search.schedulers import TRIAL_EPOCHS_KEY
 
         hparams[TRIAL_EPOCHS_KEY] = int(cfg.train.epochs)
 
@@ -133,7 +133,7 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
         tune.report({**metrics, **hparams, "node_id": node_id}, checkpoint=checkpoint)
 
     second = static.get("second_objective")
-    from .scratch import remove_dead_scratch, trial_scratch
+    from runners.training.scratch import remove_dead_scratch, trial_scratch
 
     search_dir = static.get("search_dir") or ""
     if search_dir:  # what killed trials of this search left on this node
@@ -168,7 +168,7 @@ def _dataset_override(space, dataset: Optional[Dict[str, Any]], data: Optional[s
     dataset that has files, and is an error for synthetic data (it has none: which reader?)."""
     from fer_models.errors import UserError, UserPathError
 
-    from .data.readers import READERS
+    from runners.data.readers import READERS
 
     if data is None and fmt is None:
         return dataset
@@ -285,7 +285,7 @@ def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str,
             raise UserError(f"{space.where}: search.presets names {name!r}, which is not a preset of this space "
                             f"(presets: {', '.join(space.presets) or 'none'})")
         presets.append(dict(space.presets[name]))
-    from .schedulers import is_population, population_param_space
+    from runners.search.schedulers import is_population, population_param_space
 
     if spec.algorithm == "random" and is_population(spec):  # pbt/pb2: Tune refuses an Optuna searcher beside them
         return population_param_space(space, spec, presets)
@@ -300,7 +300,7 @@ def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str,
         tpe_kw = spec.tpe.sampler_kwargs() if spec.tpe is not None else {}
         sampler = (optuna.samplers.TPESampler(seed=spec.seed, **tpe_kw) if spec.algorithm == "tpe"
                    else optuna.samplers.RandomSampler(seed=spec.seed))
-        # warm start (runners.warm_start): the study OptunaSearch loads already holds earlier trials
+        # warm start (runners.search.warm_start): the study OptunaSearch loads already holds earlier trials
         seeded = warm.searcher_kwargs(space, mode if isinstance(mode, list) else [mode], sampler) if warm else {}
         return OptunaSearch(space=to_optuna(space), metric=metric, mode=mode, sampler=sampler,
                             points_to_evaluate=presets or None, **seeded), {}
@@ -323,8 +323,8 @@ def is_searcher(alg) -> bool:
 
 
 def _scheduler(spec, max_epochs: int, space=None):
-    """The Ray Tune scheduler of the search: one entry of `runners.schedulers.SCHEDULERS` per type."""
-    from .schedulers import build_scheduler
+    """The Ray Tune scheduler of the search: one entry of `runners.search.schedulers.SCHEDULERS` per type."""
+    from runners.search.schedulers import build_scheduler
 
     return build_scheduler(spec, space, max_epochs)
 
@@ -462,8 +462,8 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         raise UserError(f"{space.where}: the search is named after the file: {search_name_error(name)}; "
                         "give search.name or --name")
     max_epochs = _max_epochs(space)
-    from .schedulers import (check_scheduler, is_population, perturbed_dimensions, population_checkpoints,
-                             population_stopper)
+    from runners.search.schedulers import (check_scheduler, is_population, perturbed_dimensions, population_checkpoints,
+                                           population_stopper)
 
     check_scheduler(spec, space)
     uri = resolve_tracking_uri(spec.tracking_uri)
@@ -477,7 +477,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     unpause_tracking(uri)  # a search run before in this process may have paused it
     warm = None
     if spec.warm_start and not resume:
-        from .warm_start import load_warm_start
+        from runners.search.warm_start import load_warm_start
 
         warm = load_warm_start(spec.warm_start, space, spec, uri, from_flag=bool(warm_start))
         if verbose:
@@ -487,7 +487,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
 
     grid_fixed, grid_note, grid_param_space = None, None, None
     if spec.algorithm == "grid":  # the grid is enumerated (and its fixed floats named) before anything runs
-        from search_spaces import to_ray_grid
+        from runners.search.searchers import to_ray_grid
 
         grid_values, grid_fixed, grid_note = grid_settings(space, spec)
         grid_param_space = to_ray_grid(space, fixed=grid_fixed, values=grid_values)
@@ -498,7 +498,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
             raise UserError(f"{space.where}: search.fidelity.refit.top_k={refit.top_k} is larger than the "
                             f"{len(grid_param_space['point']['grid_search'])} distinct points of the grid")
 
-    from . import ray_cluster
+    from runners.search.driver import cluster as ray_cluster
 
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if spec.address:
@@ -506,7 +506,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     data_spec = data_spec_from(spec.dataset)
     ds = data_spec.load(spec.dataset.image_size or 64)  # fails here, before anything is written, on bad data
     check_classes(ds)
-    from .data.stats import check_splits  # splits preprocessed differently: a warning, printed and logged
+    from runners.data.stats import check_splits  # splits preprocessed differently: a warning, printed and logged
     data_warnings = check_splits(ds, echo=print if verbose else None)
     mark("dataset_loaded")
     cluster = ray_cluster.init_ray(spec.address)
@@ -527,7 +527,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         space_text = Path(space.path).read_text() if getattr(space, "path", None) else ""
         parent = client.create_run(exp_id, run_name=name, tags={TAG_KIND: "search", TAG_SEARCH: name})
         _OPEN_PARENTS.append((client, uri, parent.info.run_id))  # from here on, a failure ends it
-        from .tracking import RunWriter, flatten
+        from runners.search.tracking import RunWriter, flatten
 
         RunWriter(client).params(parent.info.run_id, flatten({
             "algorithm": spec.algorithm, "scheduler": spec.scheduler.type, "num_samples": spec.num_samples,
@@ -556,7 +556,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
 
     from search_spaces import point_from_config
 
-    from .fidelity import run_info
+    from runners.search.fidelity import run_info
 
     tracker_args = dict(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, search_name=name,
                         point_of=lambda cfg: point_from_config(cfg, space),
@@ -581,13 +581,13 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         # the latest checkpoint(s) of a trial (each holds the best weights too): older ones are deleted
         checkpoint_config=tune.CheckpointConfig(num_to_keep=population_checkpoints(spec)))
-    from .fidelity import REFIT_DIR, search_stage_config
+    from runners.search.fidelity import REFIT_DIR, search_stage_config
 
     refit_spec = spec.fidelity.refit if spec.fidelity is not None else None
     # --resume of a search interrupted in its refit stage: the search stage is over, its results are read
     in_refit = bool(resume and refit_spec is not None and tune.Tuner.can_restore(f"{exp_dir}/{REFIT_DIR}"))
     if resume:
-        from .scratch import remove_dead_scratch
+        from runners.training.scratch import remove_dead_scratch
 
         removed = remove_dead_scratch(exp_dir)  # what trials killed with the driver left in this machine's temp dir
         if removed and verbose:
@@ -595,8 +595,8 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=not in_refit, resume_errored=not in_refit)
     else:
         searcher, param_space = _searcher(space, spec, max_epochs, grid_param_space, warm=warm)
-        if spec.fidelity is not None:  # beside the point (runners.fidelity): every search-stage trial's fidelity
-            from .fidelity import FIDELITY_KEY
+        if spec.fidelity is not None:  # beside the point (runners.search.fidelity): every search-stage trial's fidelity
+            from runners.search.fidelity import FIDELITY_KEY
 
             param_space = {**param_space, FIDELITY_KEY: search_stage_config(spec.fidelity)}
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config, tune_config=tune.TuneConfig(
@@ -616,7 +616,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     if grid_note:
         res.notes.insert(0, grid_note)
     if refit_spec is not None:
-        from .fidelity import run_refit_stage
+        from runners.search.fidelity import run_refit_stage
 
         def make_tuner(param_space=None, search_alg=None, num_samples=None, restore_path=None):
             if restore_path is not None:
@@ -661,7 +661,7 @@ def _summarise_refit(res: SearchResult, grid, spec, client, parent_id: str, exp_
     parent run ends FINISHED."""
     from search_spaces import point_from_config
 
-    from .fidelity import TAG_REFIT_WINNER, refit_csv_rows, refit_rows
+    from runners.search.fidelity import TAG_REFIT_WINNER, refit_csv_rows, refit_rows
 
     uri = client.tracking_uri
 
@@ -758,7 +758,7 @@ def interrupt_watch():
 
             def watch(signum, frame):
                 # looked up at call time: this callback is pickled with the search and restored by --resume
-                sys.modules["runners.search"].INTERRUPTED.set()
+                sys.modules["runners.search.driver"].INTERRUPTED.set()
                 if callable(current):
                     current(signum, frame)
                 elif current != signal.SIG_IGN:
@@ -823,8 +823,8 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
                   end_parent: bool = True) -> SearchResult:
     from search_spaces import point_from_config
 
-    from .study_plots import rebuild_study, write_plots
-    from .tracking import RunWriter
+    from runners.search.plots import rebuild_study, write_plots
+    from runners.search.tracking import RunWriter
 
     second = spec.second_metric
     columns = leaderboard_columns(second)
@@ -835,8 +835,8 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
 
     from search_spaces import POINT_KEY
 
-    from .constraints import REASON_KEY, is_infeasible
-    from .schedulers import fit_point, is_population, perturbed_dimensions
+    from runners.training.constraints import REASON_KEY, is_infeasible
+    from runners.search.schedulers import fit_point, is_population, perturbed_dimensions
 
     # pbt/pb2: Tune's config may hold a perturbed value off its dimension's grid (PB2 draws any float in
     # the range); the point is the one the trial trained with (what best_point.yaml must hold)
@@ -855,7 +855,7 @@ def _summarise_in(art_dir: Path, grid, spec, space, client, parent_id, exp_id, n
         else:
             row["status"] = trial_status((res.metrics or {}).get("epoch"), trial_epochs(space, {POINT_KEY: point}))
         for c in LEADERBOARD_COLUMNS + ([second] if second else []):
-            # an infeasible trial's metrics are stand-ins (runners.constraints): shown as none; its cost is real
+            # an infeasible trial's metrics are stand-ins (runners.training.constraints): shown as none; its cost is real
             row[c] = (res.metrics or {}).get(c) if row["status"] != "infeasible" or c == second else None
         row["point"] = point
         rows.append(row)

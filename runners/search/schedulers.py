@@ -5,7 +5,7 @@ asha, hyperband and fifo stop or run trials; pbt and pb2 (population-based train
 the hyperparameters of running trials: every `perturbation_interval` epochs the bottom
 `quantile_fraction` of the population clones the checkpoint of a top trial and goes on with a
 perturbed learning rate, weight decay and augmentation strength (the space's dimensions that target
-`train.lr`, `train.weight_decay`, `data.aug_strength`). `runners.trial.run_trial`, resumed from the
+`train.lr`, `train.weight_decay`, `data.aug_strength`). `runners.training.trial.run_trial`, resumed from the
 cloned checkpoint with the new values, trains with them (not with the optimizer state's old ones).
 
 Both run Ray Tune's schedulers (`PopulationBasedTraining`, `PB2`) unchanged; what is written here is
@@ -213,7 +213,8 @@ def population_param_space(space, spec, presets: List[Dict[str, Any]]):
     draws the initial population from the space (seeded), the presets first."""
     from ray.tune.search import BasicVariantGenerator
 
-    from search_spaces import POINT_KEY, to_ray_param_space
+    from runners.search.searchers import to_ray_param_space
+    from search_spaces import POINT_KEY
 
     gen = BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0,
                                 points_to_evaluate=[{POINT_KEY: p} for p in presets] or None)
@@ -239,7 +240,7 @@ def population_stopper():
     and end holding that trial's weights."""
     from ray.tune.stopper import Stopper
 
-    from .constraints import is_infeasible
+    from runners.training.constraints import is_infeasible
 
     class LastEpoch(Stopper):
         def __call__(self, trial_id: str, result: Dict[str, Any]) -> bool:

@@ -1,7 +1,7 @@
 """Constraints of a search (`search.constraints`): limits on a trial's model, checked before it
 trains.
 
-At the start of a trial (`runners.trial.run_trial`), once its model is built, each limit given is
+At the start of a trial (`runners.training.trial.run_trial`), once its model is built, each limit given is
 measured on it: `max_params` (trainable parameters), `max_macs` (multiply-accumulates of one image at
 the trial's image size), `max_latency_ms` (batch-1 latency on the device the trial runs on, as
 `fer_models.cost` measures it). A point that breaks one is *infeasible*: the trial reports once and
@@ -11,7 +11,7 @@ What it reports: `infeasible: 1`, the figures it measured and the limits, `epoch
 metric a search may optimise at its worst value (0 for the accuracies, F1 and throughput;
 `WORST_LOSS` for the losses). The worst value, rather than no value, is what the searcher and the
 scheduler learn from: Optuna's TPE ranks the point below every trained one and samples less around
-it, ASHA and PBT rank it last. The tracker (`runners.tracking`) logs none of those stand-in values:
+it, ASHA and PBT rank it last. The tracker (`runners.search.tracking`) logs none of those stand-in values:
 the child run holds the measured figures and the limits, its status tag is `infeasible` and it
 ends FINISHED (an infeasible point is an answer, not a failure); the leaderboard ranks it after the
 feasible trials, before the failed ones.
@@ -79,10 +79,8 @@ def is_infeasible(result: Optional[Mapping[str, Any]]) -> bool:
 
 def run_fields(result: Mapping[str, Any]) -> Tuple[Dict[str, float], Dict[str, str]]:
     """What an infeasible trial's MLflow run gets: (metrics: the measured figures and the limits,
-    tags: status and reason). None of the stand-in worst values."""
-    from .tracking import TAG_STATUS
-
+    tags: the reason; the tracker adds the status STATUS_INFEASIBLE). None of the stand-in worst values."""
     keep = {name for _, name in LIMITS.values()} | set(LIMITS) | {INFEASIBLE_KEY}
     metrics = {k: float(v) for k, v in result.items()
                if k in keep and isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return metrics, {TAG_STATUS: STATUS_INFEASIBLE, TAG_INFEASIBLE: str(result.get(REASON_KEY, ""))[:5000]}
+    return metrics, {TAG_INFEASIBLE: str(result.get(REASON_KEY, ""))[:5000]}

@@ -10,7 +10,7 @@ search's storage folder (`<storage>/<name>/refit`), FIFO, Ray's BasicVariantGene
 the configurations by the mean of the search metric over their seeds.
 
 The fidelity reaches a trial through one key of its Tune config, FIDELITY_KEY, beside the point
-(never in it: the point stays a point of the space): `runners.search.tune_trainable` reads it.
+(never in it: the point stays a point of the space): `runners.search.driver.tune_trainable` reads it.
 
 Ray Tune has no multi-fidelity-by-data-subset or refit stage of its own (its schedulers stop
 trials by epochs; BOHB/Hyperband budgets are epochs too), hence this module.
@@ -47,7 +47,7 @@ def train_subset(ds, fraction: float, seed: int):
     least one image), drawn with `seed` (the dataset's split seed: the same subset for every trial);
     validation and test untouched. The project's own stratified carve (runners.data.splits) draws it:
     it keeps every class present, which sklearn's train_test_split refuses to promise for rare ones."""
-    from .data.splits import _carve_stratified
+    from runners.data.splits import _carve_stratified
 
     if not 0 < fraction <= 1:
         raise ValueError(f"train_fraction={fraction}: expected (0, 1]")
@@ -128,7 +128,7 @@ def _point_key(point: Dict[str, Any]) -> str:
 def refit_choices(rows: List[Dict[str, Any]], metric: str, top_k: int) -> List[Dict[str, Any]]:
     """The `top_k` best distinct points of the (sorted) search-stage leaderboard: not failed, with a
     finite figure of the search metric."""
-    from .pareto import is_number
+    from runners.search.pareto import is_number
 
     out, seen = [], set()
     for r in rows:
@@ -169,7 +169,7 @@ def kept_figure(res, metric: str) -> Optional[float]:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def _mean_std(values: List[float]) -> Tuple[Optional[float], Optional[float]]:
+def mean_std(values: List[float]) -> Tuple[Optional[float], Optional[float]]:
     """Mean and sample standard deviation (0 for one value; None for none)."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
@@ -204,9 +204,9 @@ def refit_rows(grid, metric: str, mode: str) -> List[Dict[str, Any]]:
     for g in groups.values():
         runs = sorted(g.pop("runs"), key=lambda r: (r["seed"] is None, r["seed"]))
         row = dict(g)
-        row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([r["value"] for r in runs if not r["failed"]])
+        row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([r["value"] for r in runs if not r["failed"]])
         for f in REFIT_FIGURES:
-            row[f"{f}_mean"], row[f"{f}_std"] = _mean_std([r[f] for r in runs if not r["failed"]])
+            row[f"{f}_mean"], row[f"{f}_std"] = mean_std([r[f] for r in runs if not r["failed"]])
         row["seeds"] = [r["seed"] for r in runs]
         row["trial_ids"] = [r["trial_id"] for r in runs]
         row["seed_values"] = [r["value"] for r in runs]
@@ -255,7 +255,7 @@ def run_refit_stage(*, search_rows: List[Dict[str, Any]], spec, exp_dir: str, re
     the search stage left nothing to refit (a note says so).
 
     make_tuner(param_space=None, search_alg=None, num_samples=None, restore_path=None): the search's
-    Tuner for the refit run (runners.search builds it with the search's trainable, tracker and
+    Tuner for the refit run (runners.search.driver builds it with the search's trainable, tracker and
     storage)."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
@@ -298,49 +298,3 @@ class _Pick:
 
     def __call__(self, spec) -> Any:
         return self.cases[int(spec.config[CASE_KEY])][self.key]
-
-
-# --- promote (runners.registry.best_of_search) --------------------------------------------------------
-
-def refit_candidate(client, name: str, children: List[Any], metric: str):
-    """The candidate `promote --search` takes from a search with a refit stage, or None when the
-    search has none: the refit configuration with the best mean `metric` over its finished seeds
-    (each seed's figure is that of the weights it kept), then that configuration's seed with the best
-    figure. The Candidate's `tags` and `why` say which configuration, which seed and why."""
-    from .registry import Candidate, PromoteError, higher_is_better, selected_epoch, selected_value
-    from .tracking import TAG_STATUS
-
-    refits = [r for r in children if r.data.tags.get(TAG_STAGE) == "refit"]
-    if not refits:
-        return None
-    finished = [r for r in refits if r.data.tags.get(TAG_STATUS) == "finished" and metric in r.data.metrics]
-    if not finished:
-        raise PromoteError(f"--search {name!r}: its refit stage has no finished run with {metric!r} logged "
-                           f"({len(refits)} refit run(s); continue the search with --resume)")
-    groups: Dict[str, List[Any]] = {}
-    for r in finished:
-        epoch = selected_epoch(client, r)
-        groups.setdefault(r.data.tags.get(TAG_REFIT_CONFIG, "?"), []).append(
-            Candidate(r, selected_value(client, r, metric, epoch), epoch))
-    sign = -1.0 if higher_is_better(metric) else 1.0
-
-    def rank(c: str) -> int:
-        return int(c[1:]) if c[1:].isdigit() else 10**6
-
-    stats = {c: _mean_std([m.value for m in ms]) for c, ms in groups.items()}
-    config = min(groups, key=lambda c: (sign * stats[c][0], rank(c)))
-    mean, std = stats[config]
-    members = groups[config]
-    best = min(members, key=lambda m: (sign * m.value, int(m.run.data.tags.get(TAG_SEED, "0") or 0)))
-    seed = best.run.data.tags.get(TAG_SEED, "?")
-    others = "; ".join(f"{c} {stats[c][0]:.4f} ± {stats[c][1]:.4f} (n={len(groups[c])})"
-                       for c in sorted(groups, key=rank) if c != config)
-    best.why = (f"refit winner: configuration {config} (search-stage trial "
-                f"{best.run.data.tags.get(TAG_REFIT_OF, '?')}) has the best mean {metric} over its seeds, "
-                f"{mean:.4f} ± {std:.4f} (n={len(members)}){'; others: ' + others if others else ''}; its weights are "
-                f"seed {seed}'s (trial {best.run.data.tags.get('fer_automl.trial_id', '?')}), the best {metric} of "
-                f"its seeds: {best.value:.4f}")
-    best.tags = {"fer_automl.refit_config": config, "fer_automl.refit_seed": str(seed),
-                 "fer_automl.refit_mean": repr(mean), "fer_automl.refit_std": repr(std),
-                 "fer_automl.refit_seeds": str(len(members)), "fer_automl.selection": best.why}
-    return best

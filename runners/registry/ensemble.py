@@ -2,7 +2,7 @@
 
 `promote --search NAME --ensemble K [--tta flip]` registers ONE model version whose output is the
 mean of the softmax of the search's top-K finished trials (ranked as `promote` ranks them:
-`runners.registry._rank_key` on the figure of their kept weights). When the search has a refit
+`runners.registry.promote._rank_key` on the figure of their kept weights). When the search has a refit
 stage (child runs tagged `fer_automl.stage = refit`, several seeds per configuration), the members
 are taken from the refit runs only: they trained at full fidelity (`refit_or_search_runs`).
 With `--tta flip` each member sees the image and its horizontal mirror and the two softmaxes are
@@ -10,7 +10,7 @@ averaged too (faces are left-right symmetric for expression; FER practice, see
 /work/shared/FER_PRACTICE.md). `--tta flip` without `--ensemble` is an ensemble of one: the best
 trial with flip TTA.
 
-The ensemble is exported like a single trial (runners.packaging): one torch.export graph (pt2),
+The ensemble is exported like a single trial (runners.registry.packaging): one torch.export graph (pt2),
 uint8 RGB images (N, S, S, 3) in, class probabilities (N, C) out, the fer_automl metadata, so
 `fer-automl predict`, `fer-automl evaluate`, `mlflow.pyfunc.load_model` and `mlflow models serve`
 use it unchanged. Members may differ in input size and normalisation: S is the largest member's
@@ -43,7 +43,7 @@ from torch import nn
 from fer_models.errors import UserError
 
 TTA_CHOICES = ("none", "flip")
-from .fidelity import TAG_SEED, TAG_STAGE  # set by a search's stages: 'search' or 'refit' (old runs: absent)
+from runners.search.fidelity import TAG_SEED, TAG_STAGE  # set by a search's stages: 'search' or 'refit' (old runs: absent)
 REFIT = "refit"
 
 # model-version tags of an ensemble (beside registry's dataset, split, metric, classes, ... tags)
@@ -82,8 +82,8 @@ def check_tta(tta: Optional[str]) -> str:
 def top_k(client, name: str, metric: str, k: int, uri: str) -> tuple:
     """(the top-k Candidates of the search's latest parent run, best first; stage): finished trials,
     from the refit stage where there is one, ranked as `promote` ranks them."""
-    from .registry import PromoteError, _rank_key, _search_parent, candidates
-    from .tracking import TAG_STATUS
+    from runners.registry.promote import PromoteError, _rank_key, _search_parent, candidates
+    from runners.search.tracking import TAG_STATUS
 
     check_k(k)
     parent = _search_parent(client, name, uri)
@@ -109,7 +109,7 @@ def top_k(client, name: str, metric: str, k: int, uri: str) -> tuple:
 class FEREnsemble(nn.Module):
     """uint8 RGB images (N, S, S, 3) -> the mean over members (and flips) of their class probabilities.
 
-    members: `runners.packaging.FERInference` modules (each with its own normalisation);
+    members: `runners.registry.packaging.FERInference` modules (each with its own normalisation);
     sizes: each member's input size; S = max(sizes): a smaller member sees the image area-resized."""
 
     def __init__(self, members: Sequence[nn.Module], sizes: Sequence[int], tta: str = "none"):
@@ -191,10 +191,10 @@ def _member_meta(m: Member) -> Dict[str, Any]:
 
 
 def _log_module(module: nn.Module, meta: Dict[str, Any], run_id: str):
-    """Log an inference module as the pt2 MLflow model runners.packaging logs for one trial."""
+    """Log an inference module as the pt2 MLflow model runners.registry.packaging logs for one trial."""
     import mlflow
 
-    from .packaging import META_KEY, _example, _requirements, _signature, export_inference_module
+    from runners.registry.packaging import META_KEY, _example, _requirements, _signature, export_inference_module
 
     size, n = meta["image_size"], len(meta["classes"])
     example = _example(size)
@@ -207,8 +207,8 @@ def _log_module(module: nn.Module, meta: Dict[str, Any], run_id: str):
 
 def _member_model_uri(client, uri: str, model_name: str, member: Member) -> str:
     """The member's own logged model: its registered version's, else logged now on its trial run."""
-    from .packaging import ModelExportError, log_fer_model
-    from .registry import PromoteError, _log_into, find_version
+    from runners.registry.packaging import ModelExportError, log_fer_model
+    from runners.registry.promote import PromoteError, _log_into, find_version
 
     version = find_version(client, model_name, member.cand.run_id)
     if version is not None and version.source:
@@ -221,7 +221,7 @@ def _member_model_uri(client, uri: str, model_name: str, member: Member) -> str:
 
 
 def find_ensemble_version(client, model_name: str, key: str):
-    from .registry import find_version_tagged
+    from runners.registry.promote import find_version_tagged
 
     return find_version_tagged(client, model_name, TAG_ENSEMBLE_KEY, key)
 
@@ -229,11 +229,11 @@ def find_ensemble_version(client, model_name: str, key: str):
 def register_ensemble(client, uri: str, cands: Sequence[Any], stage: str, tta: str, model_name: str,
                       metric: str):
     """Log the members' models and the ensemble (on the search's parent run) and register a version."""
-    from .packaging import build_inference_module
-    from .registry import (TAG_CLASSES, TAG_COMMIT, TAG_DATASET, TAG_FINGERPRINT, TAG_IMAGE_SIZE, TAG_METRIC,
-                           TAG_SEARCH_NAME, TAG_SERIALIZATION, TAG_SPLIT, _log_into, download_weights, metric_split,
-                           selected_figures)
-    from .tracking import TAG_SEARCH
+    from runners.registry.packaging import build_inference_module
+    from runners.registry.promote import (TAG_CLASSES, TAG_COMMIT, TAG_DATASET, TAG_FINGERPRINT, TAG_IMAGE_SIZE,
+                                          TAG_METRIC, TAG_SEARCH_NAME, TAG_SERIALIZATION, TAG_SPLIT, _log_into,
+                                          download_weights, metric_split, selected_figures)
+    from runners.search.tracking import TAG_SEARCH
 
     parent_id = cands[0].run.data.tags.get("mlflow.parentRunId")
     with tempfile.TemporaryDirectory(prefix="fer-ensemble-") as tmp:
@@ -280,7 +280,7 @@ def register_ensemble(client, uri: str, cands: Sequence[Any], stage: str, tta: s
             f"{c.run_id} trial {m['trial_id'] or '?'}" + (f" seed {m['seed']}" if m["seed"] else "")
             + f" {metric}={c.value:.4f}")
     tags[TAG_ENSEMBLE_MEMBERS] = json.dumps(listed)[:5000]
-    from .registry import create_version
+    from runners.registry.promote import create_version
 
     return create_version(client, uri, model_name, info, parent_id or cands[0].run_id, tags)
 
@@ -293,9 +293,9 @@ def promote_ensemble(*, search: Optional[str], run_id: Optional[str] = None, k: 
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from .registry import (PromoteError, PromoteResult, TAG_FORCE_REASON, TAG_FORCED_OVER, metric_split,
-                           require_existing_store)
-    from .tracking import check_tracking_server, resolve_tracking_uri
+    from runners.registry.promote import (PromoteError, PromoteResult, TAG_FORCE_REASON, TAG_FORCED_OVER, metric_split,
+                                          require_existing_store)
+    from runners.search.tracking import check_tracking_server, resolve_tracking_uri
 
     if run_id is not None:
         raise PromoteError("--ensemble and --tta take the members from a search: give --search NAME, not --run")
@@ -368,8 +368,8 @@ def evaluate_members(predictor, ds, split: str, detector=None) -> List[Dict[str,
     """Each member of an ensemble evaluated on the same images as the ensemble: one dict per member
     (run_id, trial_id, seed, model_uri, metrics or error). Call with MLflow's URIs pointing at the
     store that holds the members' models (as `fer-automl evaluate` does)."""
-    from .evaluate import evaluate_dataset
-    from .packaging import load_fer_model
+    from runners.serving.evaluate import evaluate_dataset
+    from runners.registry.packaging import load_fer_model
 
     rows = []
     for m in ensemble_members(predictor):

@@ -2,8 +2,8 @@
 
 A state dict of a preset (what `fer-automl models import-weights` writes from an official MA-Net
 or SCAN-CCI checkpoint, or any state dict of this project's model) becomes a registered model
-version exactly as a promoted trial does (runners.registry.register): the same artifacts folder
-(`model.pt` + `model_config.json`) is logged by `runners.packaging.log_fer_model` (pt2, uint8
+version exactly as a promoted trial does (runners.registry.promote.register): the same artifacts folder
+(`model.pt` + `model_config.json`) is logged by `runners.registry.packaging.log_fer_model` (pt2, uint8
 images in, class probabilities out, the classes, image size and normalisation in its metadata),
 so `predict`, `evaluate` and `mlflow models serve` use it unchanged.
 
@@ -19,7 +19,7 @@ so `predict`, `evaluate` and `mlflow models serve` use it unchanged.
 - The version is logged in a run of the experiment `fer-automl-imports` (tag fer_automl.kind =
   import) and tagged fer_automl.imported=true, fer_automl.source (path and sha256), fer_automl.preset,
   fer_automl.layout. The same file as the same model (config, classes, image size) is registered
-  once: promoting it again reuses its version (tag fer_automl.import_key). It has no figures: the alias rule of runners.registry (move only when the
+  once: promoting it again reuses its version (tag fer_automl.import_key). It has no figures: the alias rule of runners.registry.promote (move only when the
   version beats the holder on the same data) cannot compare it, so the alias is set when no
   version holds it, and otherwise stays (exit 3) unless --force --reason.
 """
@@ -33,8 +33,8 @@ from typing import Any, Dict, List, Optional
 
 from fer_models.errors import UserError, UserPathError
 
-from .registry import (TAG_CLASSES, TAG_CONFIG, TAG_FORCE_REASON, TAG_FORCED_OVER, TAG_IMAGE_SIZE, TAG_RUN_ID,
-                       TAG_SERIALIZATION, PromoteError, PromoteResult)
+from runners.registry.promote import (TAG_CLASSES, TAG_CONFIG, TAG_FORCE_REASON, TAG_FORCED_OVER, TAG_IMAGE_SIZE,
+                                      TAG_RUN_ID, TAG_SERIALIZATION, PromoteError, PromoteResult)
 
 SIDECAR_SUFFIX = ".import.json"
 IMPORT_EXPERIMENT = "fer-automl-imports"
@@ -85,7 +85,7 @@ def read_sidecar(pt: Path, sha: str) -> Optional[Dict[str, Any]]:
 
 def parse_classes(text: Optional[str], num_classes: Optional[int]) -> List[str]:
     """--classes a,b,c (aliases allowed, the given order kept) or the 7 basic expressions."""
-    from .data.dataset import BASIC_CLASSES, canonical_label
+    from runners.data.dataset import BASIC_CLASSES, canonical_label
 
     if text is None:
         if num_classes not in (None, len(BASIC_CLASSES)):
@@ -152,10 +152,10 @@ def promote_weights(*, weights: str, preset: str, image_size: Optional[int] = No
     from fer_models.official_weights import LAYOUTS
     from search_spaces import DataConfig, TrialConfig
 
-    from .commands.models import IMAGE_SIZE_RANGE, NUM_CLASSES_RANGE, _check_range, _load_config
-    from .data.transforms import normalization_for
-    from .registry import find_version_tagged
-    from .tracking import check_tracking_server, resolve_tracking_uri
+    from runners.registry.model_files import IMAGE_SIZE_RANGE, NUM_CLASSES_RANGE, check_range, load_model_config
+    from runners.data.transforms import normalization_for
+    from runners.registry.promote import find_version_tagged
+    from runners.search.tracking import check_tracking_server, resolve_tracking_uri
 
     # everything about the input is checked before the store is touched: a refusal writes nothing
     if force and not (reason or "").strip():
@@ -165,7 +165,7 @@ def promote_weights(*, weights: str, preset: str, image_size: Optional[int] = No
         raise UserPathError(f"--weights {weights!r}: no such file" + (" (a folder)" if path.is_dir() else ""))
     path = path.resolve()
     size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
-    _check_range("--image-size", size, IMAGE_SIZE_RANGE)
+    check_range("--image-size", size, IMAGE_SIZE_RANGE)
     if layout is not None and layout not in LAYOUTS:
         raise UserError(f"--layout {layout!r}: unknown layout; valid: {', '.join(LAYOUTS)}")
     sha = sha256_of(path)
@@ -173,10 +173,10 @@ def promote_weights(*, weights: str, preset: str, image_size: Optional[int] = No
     stale = not side and sidecar_path(path).is_file()
     layout = layout or side.get("layout")
     if num_classes is not None:
-        _check_range("--num-classes", num_classes, NUM_CLASSES_RANGE)
+        check_range("--num-classes", num_classes, NUM_CLASSES_RANGE)
     k = num_classes or side.get("num_classes") or (len(classes.split(",")) if classes else None)
     names = parse_classes(classes, k)
-    cfg = _load_config(preset, int(k or len(names)))
+    cfg = load_model_config(preset, int(k or len(names)))
     cfg = cfg.model_copy(update={"pretrained_path": None})  # the weights are the file's, loaded below
     if cfg.num_classes != len(names):
         raise UserError(f"--classes names {len(names)} classes ({','.join(names)}) but the model of --preset "
@@ -221,11 +221,11 @@ def promote_weights(*, weights: str, preset: str, image_size: Optional[int] = No
 
 def _log_and_register(client, uri: str, art: Path, model_cfg: Dict[str, Any], prov: Dict[str, Any],
                       model_name: str, key: str):
-    """Log the artifacts folder as an MLflow model (runners.packaging) in a run of IMPORT_EXPERIMENT
+    """Log the artifacts folder as an MLflow model (runners.registry.packaging) in a run of IMPORT_EXPERIMENT
     and register it as a new version with the provenance tags."""
-    from .packaging import log_fer_model
-    from .registry import _log_into
-    from .tracking import TAG_KIND, get_or_create_experiment
+    from runners.registry.packaging import log_fer_model
+    from runners.registry.promote import _log_into
+    from runners.search.tracking import TAG_KIND, get_or_create_experiment
 
     exp_id = get_or_create_experiment(client, IMPORT_EXPERIMENT)
     run = client.create_run(exp_id, run_name=f"import {Path(prov['file']).name} ({prov['preset']})",
@@ -251,14 +251,14 @@ def _log_and_register(client, uri: str, art: Path, model_cfg: Dict[str, Any], pr
         tags[TAG_LAYOUT] = prov["layout"]
     if prov.get("official_file"):
         tags[TAG_OFFICIAL] = f"{prov['official_file']} sha256:{prov.get('official_sha256', '?')}"
-    from .registry import create_version
+    from runners.registry.promote import create_version
 
     return create_version(client, uri, model_name, info, run_id, tags)
 
 
 def _set_alias(client, model_name: str, alias: str, v: str, run_id: str, created: bool, force: bool,
                reason: Optional[str], msgs: List[str]) -> PromoteResult:
-    """runners.registry's alias rule for a version without figures: taken when free, else --force."""
+    """runners.registry.promote's alias rule for a version without figures: taken when free, else --force."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -272,7 +272,7 @@ def _set_alias(client, model_name: str, alias: str, v: str, run_id: str, created
         return result
     if holder is not None and not force:
         result.refused = (f"an imported version has no figures to compare with version {holder.version} "
-                          "(runners.registry's rule: the alias moves to a version that beats its holder on the "
+                          "(runners.registry.promote's rule: the alias moves to a version that beats its holder on the "
                           "same data)")
         msgs.append(f"refused: alias {alias!r} stays on version {holder.version}: {result.refused}. Version {v} "
                     f"stays registered; --alias NAME gives it an alias of its own, --force --reason TEXT moves "

@@ -4,14 +4,14 @@
 
 1. The candidate: the given trial run, or the best finished trial of the search's latest parent
    run. A trial keeps the weights of its best validation epoch (the first epoch with the highest
-   `val_balanced_accuracy`, see runners/trial.py), so a run's figure for a metric is the one of
+   `val_balanced_accuracy`, see runners/training/trial.py), so a run's figure for a metric is the one of
    those weights: a `val_*` metric (and `pose_accuracy`) at the selected epoch, a `test_*` metric
    as logged once for the selected weights. Higher is better, lower for metrics named `*loss*`.
    Ties go to the trial that started first, then to the smaller run id.
-   A search with a refit stage (runners.fidelity) competes with its refit runs only: the
+   A search with a refit stage (runners.search.fidelity) competes with its refit runs only: the
    configuration with the best mean figure over its seeds, then its best seed.
 2. The version: the trial's `trial/model.pt` + `trial/model_config.json` are logged as an MLflow
-   model (runners.packaging: pt2, uint8 images in, class probabilities out) in the search's
+   model (runners.registry.packaging: pt2, uint8 images in, class probabilities out) in the search's
    experiment, linked to the trial run, and registered as a new version of the model with tags
    (TAG_* below). A run already registered under the model is never logged twice: its version is
    reused.
@@ -34,15 +34,15 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from fer_models.errors import UserError
 
-from .cli import EXIT_REFUSED  # the exit codes live in one place
-from .tracking import (TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID, check_tracking_server, resolve_tracking_uri,
-                       using_store)
+
+from runners.search.tracking import (TAG_KIND, TAG_SEARCH, TAG_STATUS, TAG_TRIAL_ID, check_tracking_server,
+                                     resolve_tracking_uri, using_store)
 
 DEFAULT_MODEL_NAME = "fer-expression"
 DEFAULT_ALIAS = "champion"
 DEFAULT_METRIC = "val_balanced_accuracy"
-SELECTION_METRIC = "val_balanced_accuracy"  # what runners.trial selects the kept weights on
-ARTIFACT_DIR = "trial"  # where runners.tracking logs a trial's artifacts
+SELECTION_METRIC = "val_balanced_accuracy"  # what runners.training.trial selects the kept weights on
+ARTIFACT_DIR = "trial"  # where runners.search.tracking logs a trial's artifacts
 NEEDED_FILES = ("model.pt", "model_config.json")
 
 # model-version tags
@@ -191,14 +191,55 @@ def candidates(client, runs, metric: str) -> List[Candidate]:
     return out
 
 
+def refit_candidate(client, name: str, children: List[Any], metric: str):
+    """The candidate `promote --search` takes from a search with a refit stage, or None when the
+    search has none: the refit configuration with the best mean `metric` over its finished seeds
+    (each seed's figure is that of the weights it kept), then that configuration's seed with the best
+    figure. The Candidate's `tags` and `why` say which configuration, which seed and why."""
+    from runners.search.fidelity import TAG_REFIT_CONFIG, TAG_REFIT_OF, TAG_SEED, TAG_STAGE, mean_std
+
+    refits = [r for r in children if r.data.tags.get(TAG_STAGE) == "refit"]
+    if not refits:
+        return None
+    finished = [r for r in refits if r.data.tags.get(TAG_STATUS) == "finished" and metric in r.data.metrics]
+    if not finished:
+        raise PromoteError(f"--search {name!r}: its refit stage has no finished run with {metric!r} logged "
+                           f"({len(refits)} refit run(s); continue the search with --resume)")
+    groups: Dict[str, List[Any]] = {}
+    for r in finished:
+        epoch = selected_epoch(client, r)
+        groups.setdefault(r.data.tags.get(TAG_REFIT_CONFIG, "?"), []).append(
+            Candidate(r, selected_value(client, r, metric, epoch), epoch))
+    sign = -1.0 if higher_is_better(metric) else 1.0
+
+    def rank(c: str) -> int:
+        return int(c[1:]) if c[1:].isdigit() else 10**6
+
+    stats = {c: mean_std([m.value for m in ms]) for c, ms in groups.items()}
+    config = min(groups, key=lambda c: (sign * stats[c][0], rank(c)))
+    mean, std = stats[config]
+    members = groups[config]
+    best = min(members, key=lambda m: (sign * m.value, int(m.run.data.tags.get(TAG_SEED, "0") or 0)))
+    seed = best.run.data.tags.get(TAG_SEED, "?")
+    others = "; ".join(f"{c} {stats[c][0]:.4f} ± {stats[c][1]:.4f} (n={len(groups[c])})"
+                       for c in sorted(groups, key=rank) if c != config)
+    best.why = (f"refit winner: configuration {config} (search-stage trial "
+                f"{best.run.data.tags.get(TAG_REFIT_OF, '?')}) has the best mean {metric} over its seeds, "
+                f"{mean:.4f} ± {std:.4f} (n={len(members)}){'; others: ' + others if others else ''}; its weights are "
+                f"seed {seed}'s (trial {best.run.data.tags.get('fer_automl.trial_id', '?')}), the best {metric} of "
+                f"its seeds: {best.value:.4f}")
+    best.tags = {"fer_automl.refit_config": config, "fer_automl.refit_seed": str(seed),
+                 "fer_automl.refit_mean": repr(mean), "fer_automl.refit_std": repr(std),
+                 "fer_automl.refit_seeds": str(len(members)), "fer_automl.selection": best.why}
+    return best
+
+
 def best_of_search(client, name: str, metric: str, uri: str) -> Candidate:
     """The best finished trial of the search's latest parent run, by the figure of its kept weights."""
     parent = _search_parent(client, name, uri)
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
                                   max_results=5000)
-    from .fidelity import refit_candidate
-
     refit = refit_candidate(client, name, children, metric)  # a search with a refit stage: its winner
     if refit is not None:
         return refit
@@ -278,7 +319,7 @@ def _log_into(uri: str, experiment_id: str) -> Iterator[None]:
 
 
 def download_weights(client, run_id: str, dst: Path) -> Path:
-    """The trial's model.pt and model_config.json into dst (what runners.packaging logs)."""
+    """The trial's model.pt and model_config.json into dst (what runners.registry.packaging logs)."""
     present = {Path(a.path).name for a in client.list_artifacts(run_id, ARTIFACT_DIR)}
     missing = [f for f in NEEDED_FILES if f not in present]
     if missing:
@@ -325,7 +366,7 @@ def version_tags(client, cand: Candidate, metric: str, model_cfg: Dict[str, Any]
 
 def register(client, uri: str, cand: Candidate, model_name: str, metric: str):
     """Log the candidate's weights as an MLflow model (pt2) and register it (a new version, with tags)."""
-    from .packaging import ModelExportError, log_fer_model, read_model_config
+    from runners.registry.packaging import ModelExportError, log_fer_model, read_model_config
 
     with tempfile.TemporaryDirectory(prefix="fer-promote-") as tmp:
         art = download_weights(client, cand.run_id, Path(tmp))

@@ -8,7 +8,7 @@ trained on one dataset can be evaluated on another. What one side lacks is repor
 - the model's classes that the data lacks stay predictable: the prediction is the argmax over
   all of the model's classes, so predicting one of them is simply wrong.
 
-Metrics are those of the trial (`runners.metrics`): accuracy, balanced accuracy (mean recall
+Metrics are those of the trial (`runners.training.metrics`): accuracy, balanced accuracy (mean recall
 over the classes present) and macro-F1 (same classes), per-class recall, the confusion matrix
 (rows: true class, columns: prediction, both in the model's class order), and when the data has
 pose labels the accuracy per pose class.
@@ -31,9 +31,9 @@ import numpy as np
 
 from fer_models.errors import UserError, UserPathError
 
-from .data.dataset import LABEL_ALIASES, FERDataset
-from .data.splits import split_fingerprint
-from .metrics import classification_metrics, confusion_matrix, per_class_report, plot_confusion_matrix
+from runners.data.dataset import LABEL_ALIASES, FERDataset
+from runners.data.splits import split_fingerprint
+from runners.training.metrics import classification_metrics, confusion_matrix, per_class_report, plot_confusion_matrix
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
 DEFAULT_EXPERIMENT = "fer-automl-evaluations"
@@ -151,7 +151,7 @@ def split_indices(ds: FERDataset, split: str) -> np.ndarray:
 def lineage(meta: Dict[str, Any], ds: FERDataset) -> Dict[str, Any]:
     """Is this the model's training data, and is its split the training split?"""
     imported = meta.get("imported")
-    if imported:  # `promote --weights` (runners.imported): weights trained outside fer-automl
+    if imported:  # `promote --weights` (runners.registry.imported): weights trained outside fer-automl
         what = f"layout {imported['layout']}" if imported.get("layout") else f"file {imported.get('file', '?')}"
         return {"same_data": False, "same_split": None, "imported": dict(imported),
                 "note": f"imported weights ({what}, preset {imported.get('preset', '?')}): trained outside "
@@ -197,7 +197,7 @@ def evaluate_dataset(predictor, ds: FERDataset, split: str = "test", batch_size:
                      detector=None) -> Evaluation:
     """Predict every image of the split whose class the model knows; metrics over the model's classes.
 
-    detector: a `runners.predict.FaceDetector` (`--detect-faces`): each image is cropped to its
+    detector: a `runners.serving.predict.FaceDetector` (`--detect-faces`): each image is cropped to its
     largest face first (load the dataset at its native size for this, as `predict` reads files),
     and images where no face is found are counted, listed and left out of every metric."""
     idx = split_indices(ds, split)
@@ -334,7 +334,7 @@ def log_evaluation(ev: Evaluation, ref: ModelRef, *, tracking_uri: str, experime
     on the model version names the run. Returns {'run_id', 'experiment_id', 'model_version_tag'}."""
     from mlflow.tracking import MlflowClient
 
-    from .tracking import TAG_KIND, RunWriter, get_or_create_experiment
+    from runners.search.tracking import TAG_KIND, RunWriter, get_or_create_experiment
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     exp_id = get_or_create_experiment(client, experiment)

@@ -1,0 +1,1 @@
+"""Using a registered model: predict and evaluate."""
