@@ -531,7 +531,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     repeats: List[Dict[str, Any]] = []
     started = time.time()
     try:
-        from runners.search.driver import cluster as ray_cluster
+        import runners.search.cluster as ray_cluster
 
         ray_cluster.init_ray(None)  # once, before any arm: no arm pays Ray's start-up
         for r in range(args.repeats):  # repeat by repeat, so that a run stopped early has as many of each dataset

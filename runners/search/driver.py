@@ -498,7 +498,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
             raise UserError(f"{space.where}: search.fidelity.refit.top_k={refit.top_k} is larger than the "
                             f"{len(grid_param_space['point']['grid_search'])} distinct points of the grid")
 
-    from runners.search.driver import cluster as ray_cluster
+    import runners.search.cluster as ray_cluster
 
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if spec.address:
