@@ -9,14 +9,14 @@ effective gate (for plots) without changing the computation.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 from timm.layers import EcaModule, GlobalContext, NonLocalAttn, SEModule
 from timm.layers.cbam import CbamModule, SpatialAttn
 
-from .errors import UserError
+from .extension import Registry
 
 
 class SpatioChannelAttention(nn.Module):
@@ -42,24 +42,24 @@ class _Identity(nn.Identity):
         super().__init__()
 
 
-# name -> factory(channels) -> nn.Module. A new attention type is one line here.
-ATTENTION_REGISTRY: Dict[str, Callable[[int], nn.Module]] = {
-    "none": _Identity,
-    "se": lambda c: SEModule(c, rd_ratio=1 / 16),
-    "eca": lambda c: EcaModule(c),
-    "cbam": lambda c: CbamModule(c, rd_ratio=1 / 16, mlp_bias=True),  # MA-Net: r=16, MLP with biases, 7x7 spatial
-    "spatial": lambda c: SpatialAttn(kernel_size=7),  # CBAM's spatial gate alone (PhaNet-style spatial attention)
-    "non_local": lambda c: NonLocalAttn(c),
-    "gc": lambda c: GlobalContext(c),
-    "spatio_channel": SpatioChannelAttention,
-}
+# name -> factory(channels) -> nn.Module. A new attention type is one line here (and, to search
+# over it, a value of `attention` in search_spaces/unified.yaml: tests/test_registries.py checks).
+ATTENTION_REGISTRY = Registry("attention type")
+ATTENTION_REGISTRY.register("none", _Identity, doc="no attention")
+ATTENTION_REGISTRY.register("se", lambda c: SEModule(c, rd_ratio=1 / 16), doc="squeeze-and-excitation (timm), r=16")
+ATTENTION_REGISTRY.register("eca", lambda c: EcaModule(c), doc="efficient channel attention (timm)")
+# MA-Net: r=16, MLP with biases, 7x7 spatial
+ATTENTION_REGISTRY.register("cbam", lambda c: CbamModule(c, rd_ratio=1 / 16, mlp_bias=True), doc="CBAM (timm)")
+# CBAM's spatial gate alone (PhaNet-style spatial attention)
+ATTENTION_REGISTRY.register("spatial", lambda c: SpatialAttn(kernel_size=7), doc="CBAM's 7x7 spatial gate (timm)")
+ATTENTION_REGISTRY.register("non_local", lambda c: NonLocalAttn(c), doc="non-local block (timm)")
+ATTENTION_REGISTRY.register("gc", lambda c: GlobalContext(c), doc="global context block (timm)")
+ATTENTION_REGISTRY.register("spatio_channel", SpatioChannelAttention)
 
 
 def check_attention(name: str) -> str:
     """The name, if registered; else an error listing the valid ones."""
-    if name not in ATTENTION_REGISTRY:
-        raise UserError(f"unknown attention type {name!r}; valid: {', '.join(sorted(ATTENTION_REGISTRY))}")
-    return name
+    return ATTENTION_REGISTRY.checked(name)
 
 
 def make_attention(name: str, channels: int) -> "AttentionGate":

@@ -14,19 +14,27 @@ aggregated `local` logits. The weighting is one registry entry per scheme:
 
 Written here rather than taken from a library: no maintained package implements these over a
 dict of named branch losses.
+
+A new weighting is one `LossWeighting` subclass plus one `WEIGHTINGS.register` line; the train
+config fields it reads are declared there (`settings=`) and handed to its constructor by name
+(dwa: `dwa_temperature`), so the trainer needs no edit.
 """
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .model import FERNet, FEROutput
+from .extension import Registry
+
+if TYPE_CHECKING:  # annotations only: the loss registry loads without the model code (search_spaces validates names)
+    from .model import FERNet, FEROutput
 
 
 @dataclass
@@ -36,28 +44,32 @@ class LossResult:
     weights: Dict[str, float]  # the weight each term got in this step
 
 
-class _Weighting(nn.Module):
-    def __init__(self, terms: List[str], fixed: Dict[str, float], **_: object):
+class LossWeighting(nn.Module, abc.ABC):
+    """How the per-term losses become one: `combine` each step, `end_epoch` after each training
+    epoch. `terms` are the loss terms (branch names and `pose`), `fixed` the model's own weights."""
+
+    def __init__(self, terms: List[str], fixed: Dict[str, float]):
         super().__init__()
         self.terms = terms
         self.fixed = fixed
 
+    @abc.abstractmethod
     def combine(self, parts: Dict[str, torch.Tensor]):
-        raise NotImplementedError
+        """(total loss, {term: the weight it got}) of this step's per-term losses."""
 
-    def end_epoch(self, means: Dict[str, float]) -> None:  # noqa: B027 - optional hook
-        pass
+    def end_epoch(self, means: Dict[str, float]) -> None:  # noqa: B027 - an optional hook, not abstract
+        """The mean of every term over the epoch just trained (DWA adapts its weights to them)."""
 
 
-class FixedWeighting(_Weighting):
+class FixedWeighting(LossWeighting):
     def combine(self, parts):
         w = {k: self.fixed[k] for k in parts}
         return sum(w[k] * v for k, v in parts.items()), w
 
 
-class UncertaintyWeighting(_Weighting):
-    def __init__(self, terms, fixed, **kw):
-        super().__init__(terms, fixed, **kw)
+class UncertaintyWeighting(LossWeighting):
+    def __init__(self, terms, fixed):
+        super().__init__(terms, fixed)
         self.log_vars = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in terms})
 
     def combine(self, parts):
@@ -65,12 +77,12 @@ class UncertaintyWeighting(_Weighting):
         return total, {k: float(torch.exp(-self.log_vars[k]).detach()) for k in parts}
 
 
-class DWAWeighting(_Weighting):
-    def __init__(self, terms, fixed, temperature: float = 2.0, **kw):
-        super().__init__(terms, fixed, **kw)
-        if temperature <= 0:
-            raise UserError(f"dwa_temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+class DWAWeighting(LossWeighting):
+    def __init__(self, terms, fixed, dwa_temperature: float = 2.0):
+        super().__init__(terms, fixed)
+        if dwa_temperature <= 0:
+            raise UserError(f"dwa_temperature must be > 0, got {dwa_temperature}")
+        self.temperature = float(dwa_temperature)
         self.history: List[Dict[str, float]] = []
         self.current = {t: 1.0 for t in terms}
 
@@ -91,21 +103,24 @@ class DWAWeighting(_Weighting):
         self.current.update({t: n * math.exp(r / self.temperature) / z for t, r in ratios.items()})
 
 
-WEIGHTINGS: Dict[str, Callable[..., _Weighting]] = {
-    "fixed": FixedWeighting,
-    "uncertainty": UncertaintyWeighting,
-    "dwa": DWAWeighting,
-}
+# name -> LossWeighting subclass; `settings` are the train-config fields its constructor takes
+WEIGHTINGS = Registry("loss weighting", "train.loss_weighting")
+WEIGHTINGS.register("fixed", FixedWeighting, doc="the model config's branch weights")
+WEIGHTINGS.register("uncertainty", UncertaintyWeighting, doc="learned uncertainty weights (Kendall et al. 2018)")
+WEIGHTINGS.register("dwa", DWAWeighting, settings={"dwa_temperature": "temperature T of the softmax over loss ratios"},
+                    doc="dynamic weight averaging (Liu et al. 2019)")
 
 
 class FERLoss(nn.Module):
     """Loss for one model. Holds learnable weights (uncertainty): give its parameters to the optimizer."""
 
     def __init__(self, model: FERNet, weighting: str = "fixed", label_smoothing: float = 0.0,
-                 class_weights: Optional[torch.Tensor] = None, dwa_temperature: float = 2.0):
+                 class_weights: Optional[torch.Tensor] = None, settings: Optional[Mapping[str, Any]] = None,
+                 **weighting_kwargs: Any):
+        """`settings`: the train config (or a mapping) the weighting's declared settings are read from;
+        `weighting_kwargs` (e.g. dwa_temperature=2.0) are passed to it as they are."""
         super().__init__()
-        if weighting not in WEIGHTINGS:
-            raise UserError(f"unknown loss weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+        WEIGHTINGS.checked(weighting)
         if not 0.0 <= label_smoothing < 1.0:
             raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.terms = [b for b in model.branches if not b.startswith("patch_")]
@@ -113,7 +128,7 @@ class FERLoss(nn.Module):
         if model.cfg.pose_head:
             self.terms.append("pose")
             fixed["pose"] = model.cfg.pose_weight
-        self.weighting = WEIGHTINGS[weighting](self.terms, fixed, temperature=dwa_temperature)
+        self.weighting = WEIGHTINGS.build(weighting, self.terms, fixed, config=settings, **weighting_kwargs)
         self.label_smoothing = label_smoothing
         self.register_buffer("class_weights", None if class_weights is None else class_weights.float())
         self._sums: Dict[str, float] = {}

@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fer_models import ModelConfig
 from fer_models.errors import UserError
+from fer_models.extension import registered_name
+from fer_models.losses import WEIGHTINGS
+from fer_models.optim import LR_SCHEDULES, OPTIMIZERS
 
 SECTIONS = ("model", "train", "data")
 
@@ -21,7 +24,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    optimizer: Literal["sgd", "adamw"] = Field("adamw", description="sgd: SGD with (Nesterov-free) momentum; adamw: AdamW")
+    # optimizer, schedule, loss_weighting: names of the registries in fer_models.optim and fer_models.losses
+    optimizer: registered_name(OPTIMIZERS) = Field("adamw", description="sgd: SGD with (Nesterov-free) momentum; adamw: AdamW")
     lr: float = Field(1e-3, gt=0.0, le=10.0, description="base learning rate (heads and new modules)")
     backbone_lr_mult: float = Field(
         1.0, ge=0.0, le=10.0, description="backbone learning rate = lr * this (SCAN-CCI: 0.01); 0 freezes the backbone")
@@ -29,14 +33,14 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     batch_size: int = Field(64, ge=1, le=4096)
     epochs: int = Field(30, ge=1, le=1000)
-    schedule: Literal["cosine", "step", "exp", "constant"] = Field(
+    schedule: registered_name(LR_SCHEDULES) = Field(
         "cosine", description="cosine: to 0 over the epochs after warmup; step: x gamma every step_size epochs; "
                               "exp: x gamma every epoch; constant")
     step_size: int = Field(10, ge=1, description="epochs between decays (schedule=step)")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="decay factor (schedule=step: per step; exp: per epoch)")
     warmup_epochs: int = Field(0, ge=0, description="linear warmup from lr/10 over these epochs")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    loss_weighting: Literal["fixed", "uncertainty", "dwa"] = Field(
+    loss_weighting: registered_name(WEIGHTINGS) = Field(
         "fixed", description="how branch losses are combined (fer_models.losses): the model's fixed branch weights, "
                              "learned uncertainty weights, or dynamic weight averaging")
     dwa_temperature: float = Field(2.0, gt=0.0, description="temperature of dynamic weight averaging (dwa only)")

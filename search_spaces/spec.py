@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
+from fer_models.extension import Registry, registered_name
+
 # What the trial reports every epoch (shared/DESIGN.md): the metric a search may optimise.
 REPORTED_METRICS = ("val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss", "val_objective",
                     "train_loss", "pose_accuracy", "images_per_second")
@@ -68,22 +70,46 @@ class DatasetSpec(_Strict):
         return self
 
 
-# the settings each scheduler takes (Ray Tune's ASHAScheduler, HyperBandScheduler, FIFOScheduler,
-# PopulationBasedTraining, PB2)
-SCHEDULER_FIELDS = {"asha": {"type", "grace_period", "max_t", "reduction_factor", "brackets"},
-                    "hyperband": {"type", "max_t", "reduction_factor"},
-                    "fifo": {"type"},
-                    "pbt": {"type", "perturbation_interval", "quantile_fraction", "resample_probability"},
-                    "pb2": {"type", "perturbation_interval", "quantile_fraction"}}
-# schedulers that perturb running trials' hyperparameters: Ray Tune refuses them beside a search
-# algorithm (Optuna's), so they draw their population with Ray's own random or grid generator
-POPULATION_SCHEDULERS = ("pbt", "pb2")
+# Ray Tune's trial schedulers and the search algorithms, by name. The implementations live in the
+# search runner; here they are "module:function" strings, resolved on first use, so that this layer
+# validates the names without importing Ray (fer_models.extension). A new one is a factory there
+# plus one line here; `settings` are the SchedulerSpec fields it reads (any other is refused).
+# meta population=True: the scheduler perturbs running trials' hyperparameters (Ray Tune refuses it
+# beside a search algorithm such as Optuna's, so the population comes from Ray's own generator).
+SCHEDULERS = Registry("scheduler", "search.scheduler.type")
+SCHEDULERS.register("asha", "runners.search.schedulers:asha", population=False, doc="asynchronous successive halving",
+                    settings={"grace_period": "", "max_t": "", "reduction_factor": "", "brackets": ""})
+SCHEDULERS.register("hyperband", "runners.search.schedulers:hyperband", population=False, doc="HyperBand",
+                    settings={"max_t": "", "reduction_factor": ""})
+SCHEDULERS.register("fifo", "runners.search.schedulers:fifo", population=False, doc="every trial runs to the end")
+SCHEDULERS.register("pbt", "runners.search.schedulers:pbt", population=True, doc="population-based training",
+                    settings={"perturbation_interval": "", "quantile_fraction": "", "resample_probability": ""})
+SCHEDULERS.register("pb2", "runners.search.schedulers:pb2", population=True, doc="PB2 (a GP-bandit PBT)",
+                    settings={"perturbation_interval": "", "quantile_fraction": ""})
+# meta learns: proposes from the figures of finished trials (warm start feeds it); population_ok:
+# may run beside a population scheduler
+ALGORITHMS = Registry("search algorithm", "search.algorithm")
+ALGORITHMS.register("tpe", "runners.search.searchers:tpe_search", learns=True, population_ok=False,
+                    doc="Optuna's TPE sampler")
+ALGORITHMS.register("random", "runners.search.searchers:random_search", learns=False, population_ok=True,
+                    doc="independent random points (Optuna's RandomSampler; Ray's generator under pbt/pb2)")
+ALGORITHMS.register("grid", "runners.search.searchers:grid_search", learns=False, population_ok=True,
+                    doc="every point of the grid (search.grid narrows it)")
+
+
+def scheduler_fields(name: str) -> set:
+    """The SchedulerSpec fields scheduler `name` takes (with `type`)."""
+    return {"type", *SCHEDULERS.settings(name)}
+
+
+def is_population_scheduler(name: str) -> bool:
+    return bool(SCHEDULERS.meta(name, "population", False))
 
 
 class SchedulerSpec(_Strict):
     """Trial scheduler of Ray Tune. Times are in epochs (one report per epoch)."""
 
-    type: Literal["asha", "hyperband", "fifo", "pbt", "pb2"] = "asha"
+    type: registered_name(SCHEDULERS) = "asha"
     grace_period: StrictInt = Field(1, ge=1, description="asha: epochs every trial runs before it can be stopped")
     max_t: Optional[StrictInt] = Field(None, ge=1, description="most epochs a trial runs; None: the largest epochs of the space")
     reduction_factor: StrictFloat = Field(3.0, gt=1.0)
@@ -97,10 +123,10 @@ class SchedulerSpec(_Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> "SchedulerSpec":
-        unused = sorted(self.model_fields_set - SCHEDULER_FIELDS[self.type])
+        unused = sorted(self.model_fields_set - scheduler_fields(self.type))
         if unused:  # a setting the scheduler would ignore is an error, not a silent no-op
             raise ValueError(f"{', '.join(unused)}: not a setting of scheduler {self.type!r} (its settings: "
-                             f"{', '.join(sorted(SCHEDULER_FIELDS[self.type] - {'type'})) or 'none'})")
+                             f"{', '.join(sorted(scheduler_fields(self.type) - {'type'})) or 'none'})")
         if self.max_t is not None and self.grace_period > self.max_t:
             raise ValueError(f"grace_period={self.grace_period} is larger than max_t={self.max_t}")
         return self
@@ -192,7 +218,7 @@ class SearchSpec(_Strict):
     name: Optional[str] = Field(None, min_length=1, description="experiment name (MLflow experiment, Ray run); default: the space file's stem")
     presets: List[str] = Field(default_factory=list, description="presets of this space evaluated first")
     dataset: Optional[DatasetSpec] = None
-    algorithm: Literal["tpe", "random", "grid"] = "tpe"
+    algorithm: registered_name(ALGORITHMS) = "tpe"
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     num_samples: StrictInt = Field(10, ge=1, description="trials (grid: repeats of the whole grid)")
     max_concurrent: Optional[StrictInt] = Field(None, ge=1, description="most trials running at once")
@@ -229,10 +255,11 @@ class SearchSpec(_Strict):
 
     @model_validator(mode="after")
     def _warm_start_tpe(self) -> "SearchSpec":
-        if self.warm_start and self.algorithm != "tpe":
-            raise ValueError(f"warm_start {self.warm_start}: warm start seeds the tpe sampler with past trials; "
+        if self.warm_start and not ALGORITHMS.meta(self.algorithm, "learns"):
+            learners = ", ".join(ALGORITHMS.where("learns"))
+            raise ValueError(f"warm_start {self.warm_start}: warm start seeds the search algorithm with past trials; "
                              f"algorithm {self.algorithm!r} does not learn from them (random draws each point "
-                             "independently, grid enumerates a fixed list): use algorithm: tpe")
+                             f"independently, grid enumerates a fixed list): use algorithm: {learners}")
         return self
     constraints: Optional[ConstraintsSpec] = Field(
         None, description="max_params, max_macs, max_latency_ms: points that break one are not trained")
@@ -277,8 +304,9 @@ class SearchSpec(_Strict):
             # a grid's trials are counted with the space (runners.search.driver checks it)
             raise ValueError(f"fidelity.refit.top_k={refit.top_k} is larger than num_samples={self.num_samples}, "
                              "the trials the search stage runs")
-        if self.scheduler.type in POPULATION_SCHEDULERS and self.algorithm == "tpe":
-            raise ValueError(f"scheduler {self.scheduler.type!r} needs algorithm: random or grid (Ray Tune runs "
+        if is_population_scheduler(self.scheduler.type) and not ALGORITHMS.meta(self.algorithm, "population_ok"):
+            ok = " or ".join(ALGORITHMS.where("population_ok"))
+            raise ValueError(f"scheduler {self.scheduler.type!r} needs algorithm: {ok} (Ray Tune runs "
                              "population-based training beside no search algorithm such as tpe: it perturbs "
                              "its own population)")
         return self

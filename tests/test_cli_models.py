@@ -75,7 +75,7 @@ def test_a_bad_model_config_is_one_line_per_field(tmp_path, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
         f"fer-automl: error: {f}: model.attention: 'transformer': unknown attention type 'transformer'; "
-        "valid: cbam, eca, gc, non_local, none, se, spatial, spatio_channel",
+        "valid: none, se, eca, cbam, spatial, non_local, gc, spatio_channel",
         f"fer-automl: error: {f}: model.num_patches: 5: num_patches=5 is not a square grid (valid: 0, 4, 9, 16, 25, ...)",
         f"fer-automl: error: {f}: model.dropout: 1.5: Input should be less than 1",
         f"fer-automl: error: {f}: model.num_patch: unknown key (value 4); did you mean 'num_patches'?",

@@ -81,10 +81,14 @@ def _space_obj(tmp: Path, dims: dict, **search):
 
 
 def test_the_registry_has_one_entry_per_scheduler():
-    from runners.search.schedulers import SCHEDULERS
-    from search_spaces.spec import SCHEDULER_FIELDS
+    import runners.search.schedulers as rs
+    from search_spaces.spec import SCHEDULERS, is_population_scheduler, scheduler_fields
 
-    assert set(SCHEDULERS) == set(SCHEDULER_FIELDS) == {"asha", "hyperband", "fifo", "pbt", "pb2"}
+    assert list(SCHEDULERS) == ["asha", "hyperband", "fifo", "pbt", "pb2"]
+    for name in SCHEDULERS:  # each lazy "module:function" entry resolves to the factory in the runner
+        assert SCHEDULERS[name] is getattr(rs, name)
+        assert "type" in scheduler_fields(name)
+    assert [n for n in SCHEDULERS if is_population_scheduler(n)] == ["pbt", "pb2"]
 
 
 def test_pbt_perturbs_lr_weight_decay_and_aug_strength_and_keeps_them_in_their_space(tmp_path):

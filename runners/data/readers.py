@@ -6,6 +6,7 @@ hashes, decodes, resizes, splits and fingerprints them, whatever the reader.
 """
 from __future__ import annotations
 
+import abc
 import csv
 import io
 import re
@@ -17,14 +18,16 @@ from typing import Callable, ClassVar, Optional, Sequence
 from .dataset import BASIC_CLASSES, CANONICAL_CLASSES, canonical_label
 from .imageio import Item, is_image, list_images
 from .errors import NotAFolderError, UserError, UserPathError
+from fer_models.extension import Registry
 
-READERS: dict[str, type["Reader"]] = {}
+# name -> Reader subclass (`search.dataset.format`, `--format`); a new layout is one class + `@register`
+READERS = Registry("dataset format", "search.dataset.format")
 
 
 def register(name: str) -> Callable[[type["Reader"]], type["Reader"]]:
     def deco(cls: type["Reader"]) -> type["Reader"]:
         cls.name = name
-        READERS[name] = cls
+        READERS.register(name, cls, doc=cls.description)
         return cls
     return deco
 
@@ -44,7 +47,7 @@ class Listing:
     pose_classes: Optional[list[str]] = None   # pose vocabulary in order; None: sorted present
 
 
-class Reader:
+class Reader(abc.ABC):
     """Base class. `read(root, **options) -> Listing`; `options` names the keyword options
     with their defaults (anything else is an error)."""
 
@@ -55,8 +58,9 @@ class Reader:
     needs_path: ClassVar[bool] = True
     cacheable: ClassVar[bool] = True      # False: generating is as cheap as reading a cache
 
-    def read(self, root: Optional[Path], **opts) -> Listing:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read(self, root: Optional[Path], **opts) -> Listing:
+        """The dataset's items under `root` (None for a reader that needs no path)."""
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -274,10 +274,7 @@ def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str,
     concurrency through `max_concurrent_trials`, see `is_searcher`); the grid is Ray's
     BasicVariantGenerator over the enumerated points, with the presets put first in its list and
     the limit given to it (Tune's `max_concurrent_trials` takes a Searcher only)."""
-    from ray.tune.search import BasicVariantGenerator
-
     from fer_models.errors import UserError
-    from search_spaces import POINT_KEY, to_optuna
 
     presets = []
     for name in spec.presets:
@@ -285,34 +282,10 @@ def _searcher(space, spec, max_epochs: int, grid_param_space: Optional[Dict[str,
             raise UserError(f"{space.where}: search.presets names {name!r}, which is not a preset of this space "
                             f"(presets: {', '.join(space.presets) or 'none'})")
         presets.append(dict(space.presets[name]))
-    from runners.search.schedulers import is_population, population_param_space
+    from search_spaces.spec import ALGORITHMS
 
-    if spec.algorithm == "random" and is_population(spec):  # pbt/pb2: Tune refuses an Optuna searcher beside them
-        return population_param_space(space, spec, presets)
-    if spec.algorithm in ("tpe", "random"):
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        # multi-objective: Optuna optimises both (the study gets two directions); the scheduler
-        # (ASHA) still stops trials on the primary metric alone, given to TuneConfig
-        metric, mode = ((spec.metric, spec.mode) if not spec.second_metric
-                        else ([spec.metric, spec.second_metric], [spec.mode, "min"]))
-        tpe_kw = spec.tpe.sampler_kwargs() if spec.tpe is not None else {}
-        sampler = (optuna.samplers.TPESampler(seed=spec.seed, **tpe_kw) if spec.algorithm == "tpe"
-                   else optuna.samplers.RandomSampler(seed=spec.seed))
-        # warm start (runners.search.warm_start): the study OptunaSearch loads already holds earlier trials
-        seeded = warm.searcher_kwargs(space, mode if isinstance(mode, list) else [mode], sampler) if warm else {}
-        return OptunaSearch(space=to_optuna(space), metric=metric, mode=mode, sampler=sampler,
-                            points_to_evaluate=presets or None, **seeded), {}
-    if spec.algorithm == "grid":
-        points = grid_param_space[POINT_KEY]["grid_search"]
-        first: List[Dict[str, Any]] = []
-        for p in presets:  # a preset already in the grid moves to the front, it is not run twice
-            if p not in first:
-                first.append(p)
-        ordered = first + [p for p in points if p not in first]
-        return BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0), {POINT_KEY: {"grid_search": ordered}}
-    raise ValueError(f"unknown algorithm {spec.algorithm!r}; valid: tpe, random, grid")  # the schema allows no other
+    return ALGORITHMS[ALGORITHMS.checked(spec.algorithm)](space, spec, presets, grid_param_space=grid_param_space,
+                                                          warm=warm)
 
 
 def is_searcher(alg) -> bool:

@@ -16,7 +16,7 @@ perturbation does not promise.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping
 
 from fer_models.errors import UserError
 
@@ -116,9 +116,9 @@ def _mutation(dim):
     return tune.loguniform(dim.low, dim.high) if dim.log else tune.uniform(dim.low, dim.high)
 
 
-# --- the registry ---------------------------------------------------------------------------------
+# --- the schedulers (registered by name in search_spaces.spec.SCHEDULERS) ----------------------------
 
-def _asha(spec, space, max_epochs: int):
+def asha(spec, space, max_epochs: int):
     from ray.tune.schedulers import ASHAScheduler
 
     s = spec.scheduler
@@ -126,7 +126,7 @@ def _asha(spec, space, max_epochs: int):
                          reduction_factor=s.reduction_factor, brackets=s.brackets)
 
 
-def _hyperband(spec, space, max_epochs: int):
+def hyperband(spec, space, max_epochs: int):
     from ray.tune.schedulers import HyperBandScheduler
 
     s = spec.scheduler
@@ -134,13 +134,13 @@ def _hyperband(spec, space, max_epochs: int):
                               reduction_factor=s.reduction_factor)
 
 
-def _fifo(spec, space, max_epochs: int):
+def fifo(spec, space, max_epochs: int):
     from ray.tune.schedulers import FIFOScheduler
 
     return FIFOScheduler()
 
 
-def _pbt(spec, space, max_epochs: int):
+def pbt(spec, space, max_epochs: int):
     from ray.tune.schedulers import PopulationBasedTraining
 
     from search_spaces import POINT_KEY
@@ -167,7 +167,7 @@ def pb2_available() -> bool:
     return True
 
 
-def _pb2(spec, space, max_epochs: int):
+def pb2(spec, space, max_epochs: int):
     if not pb2_available():
         raise UserError(f"{space.where}: {PB2_MISSING}")
     from ray.tune.schedulers.pb2 import PB2
@@ -183,24 +183,18 @@ def _pb2(spec, space, max_epochs: int):
                quantile_fraction=s.quantile_fraction, hyperparam_bounds={POINT_KEY: bounds}, synch=SYNCH)
 
 
-SCHEDULERS: Dict[str, Callable[..., Any]] = {"asha": _asha, "hyperband": _hyperband, "fifo": _fifo,
-                                             "pbt": _pbt, "pb2": _pb2}
-
-
 def build_scheduler(spec, space, max_epochs: int):
-    """The Ray Tune scheduler `spec.scheduler` names."""
-    try:
-        builder = SCHEDULERS[spec.scheduler.type]
-    except KeyError:  # the schema allows no other
-        raise ValueError(f"unknown scheduler {spec.scheduler.type!r}; valid: {', '.join(SCHEDULERS)}") from None
-    return builder(spec, space, max_epochs)
+    """The Ray Tune scheduler `spec.scheduler` names (search_spaces.spec.SCHEDULERS: a function above)."""
+    from search_spaces.spec import SCHEDULERS
+
+    return SCHEDULERS[SCHEDULERS.checked(spec.scheduler.type)](spec, space, max_epochs)
 
 
 def is_population(spec) -> bool:
-    """Whether the search's scheduler perturbs running trials (pbt, pb2)."""
-    from search_spaces.spec import POPULATION_SCHEDULERS
+    """Whether the search's scheduler perturbs running trials (pbt, pb2: meta population)."""
+    from search_spaces.spec import is_population_scheduler
 
-    return spec.scheduler.type in POPULATION_SCHEDULERS
+    return is_population_scheduler(spec.scheduler.type)
 
 
 def population_checkpoints(spec) -> int:

@@ -18,7 +18,6 @@ exactly as a run that was never stopped (on CPU; the data loader's workers inclu
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -35,6 +34,8 @@ from torch import nn
 from fer_models import build_model
 from fer_models.errors import UserError
 from fer_models.losses import build_loss
+from fer_models.optim import build_optimizer as build_optimizer_for
+from fer_models.optim import lr_factor
 
 from runners.data.splits import split_fingerprint
 from runners.training.metrics import classification_metrics, confusion_matrix, per_class_report, plot_confusion_matrix
@@ -182,12 +183,7 @@ def build_optimizer(model: nn.Module, loss_fn: nn.Module, train) -> torch.optim.
     groups = [{"params": backbone, "lr": train.lr * train.backbone_lr_mult, "name": "backbone"},
               {"params": rest, "lr": train.lr, "name": "heads"}]
     groups = [g for g in groups if g["params"]]
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay,
-                               nesterov=False)
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
-    raise ValueError(f"unknown optimizer {train.optimizer!r}; valid: sgd, adamw")
+    return build_optimizer_for(groups, train)
 
 
 def set_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, train) -> None:
@@ -206,23 +202,6 @@ def set_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, train) -> N
     scheduler.base_lrs = bases
     for group, base in zip(optimizer.param_groups, bases):
         group["lr"] = base * lr_factor(scheduler.last_epoch, train)
-
-
-def lr_factor(epoch: int, train) -> float:
-    """Multiplier of the base learning rate for `epoch` (0-based): linear warmup, then the schedule."""
-    warm = int(train.warmup_epochs)
-    if epoch < warm:  # linear from lr/10
-        return 0.1 + 0.9 * epoch / warm
-    e, total = epoch - warm, max(int(train.epochs) - warm, 1)
-    if train.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * e / total))
-    if train.schedule == "step":
-        return train.gamma ** (e // max(int(train.step_size), 1))
-    if train.schedule == "exp":
-        return train.gamma ** e
-    if train.schedule == "constant":
-        return 1.0
-    raise ValueError(f"unknown schedule {train.schedule!r}; valid: cosine, step, exp, constant")
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -343,7 +322,7 @@ def run_trial(cfg, data: Union[DataSpec, Any], *, out_dir: Union[str, Path], rep
         cw = torch.as_tensor(class_weights(ds.subset("train").labels, len(classes), method="effective"),
                              dtype=torch.float32, device=dev)
     loss_fn = build_loss(model, train.loss_weighting, label_smoothing=float(train.label_smoothing),
-                         class_weights=cw, dwa_temperature=float(train.dwa_temperature)).to(dev)
+                         class_weights=cw, settings=train).to(dev)
     optimizer = build_optimizer(model, loss_fn, train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, train))
     bs = int(train.batch_size)
