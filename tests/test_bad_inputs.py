@@ -197,7 +197,7 @@ CASES_MODELS_SPACES: List[Case] = [
     Case("models-describe-unknown-key", ["models", "describe", "{f}"],
          ["m.yaml", "num_patch", "unknown key", "did you mean 'num_patches'"], setup=files(f="m.yaml:num_patch: 4\n")),
     Case("models-describe-bad-values", ["models", "describe", "{f}"],
-         ["m.yaml: model.attention: 'transformer'", "valid: cbam", "model.global_branch: 'x'", "'backbone' or 'multiscale'",
+         ["m.yaml: model.attention: 'transformer'", "valid: none, se, eca, cbam", "model.global_branch: 'x'", "'backbone' or 'multiscale'",
           "model.dropout: 1.5", "less than 1"],
          setup=files(f="m.yaml:model:\n  attention: transformer\n  global_branch: x\n  dropout: 1.5\n")),
     Case("models-describe-duplicate-key", ["models", "describe", "{f}"],

@@ -202,20 +202,6 @@ def population_checkpoints(spec) -> int:
     return max(spec.keep_checkpoints, MIN_CHECKPOINTS_PBT) if is_population(spec) else spec.keep_checkpoints
 
 
-def population_param_space(space, spec, presets: List[Dict[str, Any]]):
-    """(generator, param space) of a pbt/pb2 search with algorithm random: Ray's BasicVariantGenerator
-    draws the initial population from the space (seeded), the presets first."""
-    from ray.tune.search import BasicVariantGenerator
-
-    from runners.search.searchers import to_ray_param_space
-    from search_spaces import POINT_KEY
-
-    gen = BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0,
-                                points_to_evaluate=[{POINT_KEY: p} for p in presets] or None)
-    return gen, to_ray_param_space(space, seed=spec.seed)
-
-
-
 def check_scheduler(spec, space) -> None:
     """What the scheduler needs of the space and of this machine, checked before anything is written."""
     if spec.scheduler.type == "pb2" and not pb2_available():

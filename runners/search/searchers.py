@@ -51,6 +51,16 @@ def _optuna_search(space, spec, presets, sampler, warm):
                         points_to_evaluate=presets or None, **seeded), {}
 
 
+def population_param_space(space, spec, presets: List[Dict[str, Any]]):
+    """(generator, param space) of a pbt/pb2 search with algorithm random: Ray's BasicVariantGenerator
+    draws the initial population from the space (seeded), the presets first."""
+    from ray.tune.search import BasicVariantGenerator
+
+    gen = BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0,
+                                points_to_evaluate=[{POINT_KEY: p} for p in presets] or None)
+    return gen, to_ray_param_space(space, seed=spec.seed)
+
+
 def tpe_search(space, spec, presets, *, grid_param_space=None, warm=None):
     """Optuna's TPE sampler (search.tpe settings) behind Ray's OptunaSearch."""
     import optuna
@@ -64,7 +74,7 @@ def random_search(space, spec, presets, *, grid_param_space=None, warm=None):
     generator draws the initial population."""
     import optuna
 
-    from runners.search.schedulers import is_population, population_param_space
+    from runners.search.schedulers import is_population
 
     if is_population(spec):
         return population_param_space(space, spec, presets)
