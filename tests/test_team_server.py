@@ -23,6 +23,9 @@ import yaml
 
 from tests.conftest import REPO, MlflowServer, free_port, run_cli, search_runs
 
+# every test needs PostgreSQL + the MLflow server started (13-95 s on 2 cores, more when loaded)
+pytestmark = pytest.mark.slow
+
 SEARCH = "team-it"
 MODEL = "fer-expression-team-it"
 ADMIN = ("admin", "team-admin-pass-2026")
@@ -200,7 +203,6 @@ def searched(team, module_tmp):
     return space, tmp
 
 
-@pytest.mark.slow
 def test_search_promote_predict_through_the_team_server(team, searched, tmp_path):
     import cv2
     import numpy as np
@@ -240,7 +242,6 @@ def one_error_line(res) -> str:
     return lines[0]
 
 
-@pytest.mark.slow
 def test_a_reader_reads_but_a_search_or_promote_by_it_is_refused(team, searched):
     # the admin makes the user through MLflow's REST API and grants READ on the search's experiment
     status, body = rest(team.uri, "/api/2.0/mlflow/users/create",
@@ -248,12 +249,14 @@ def test_a_reader_reads_but_a_search_or_promote_by_it_is_refused(team, searched)
     assert status == 200, body
     with as_user(ADMIN):
         exp = search_runs(team.uri, SEARCH)[1]
-    status, body = rest(team.uri, "/api/2.0/mlflow/experiments/permissions/create",
-                        {"experiment_id": exp.experiment_id, "username": READER[0], "permission": "READ"}, user=ADMIN)
-    assert status == 200, body
-    status, body = rest(team.uri, "/api/2.0/mlflow/registered-models/permissions/create",
-                        {"name": MODEL, "username": READER[0], "permission": "READ"}, user=ADMIN)
-    assert status in (200, 404), body  # 404: the promotion test did not run first (no registered model yet)
+    for resource_type, resource_id in (("experiment", exp.experiment_id), ("registered_model", MODEL)):
+        status, body = rest(team.uri, "/api/3.0/mlflow/users/permissions/grant",
+                            {"username": READER[0], "resource_type": resource_type, "resource_id": resource_id,
+                             "permission": "READ"}, user=ADMIN)
+        assert status == 200, body
+    status, body = rest(team.uri, f"/api/3.0/mlflow/users/permissions/get?username={READER[0]}"
+                        f"&resource_type=experiment&resource_id={exp.experiment_id}", user=ADMIN)
+    assert status == 200 and json.loads(body)["permission"] == "READ", body
 
     with as_user(READER):
         client, _, parents, children = search_runs(team.uri, SEARCH)
@@ -268,13 +271,21 @@ def test_a_reader_reads_but_a_search_or_promote_by_it_is_refused(team, searched)
     assert line.startswith(f"fer-automl: error: MLflow server {team.uri} refused /api/2.0/mlflow/runs/create "
                            "for user 'reader': permission denied (HTTP 403)"), line
 
-    res = run_cli("promote", "--tracking-uri", team.uri, "--model-name", MODEL, "--search", SEARCH, env=creds(READER))
+    # promote --search again would write nothing (the best trial already holds the alias): the reader
+    # tries to force the other trial in, which registers a version and moves the alias
+    with as_user(ADMIN):
+        holder = client.get_model_version_by_alias(MODEL, "champion").tags["fer_automl.run_id"]
+    other = next(c.info.run_id for c in children if c.info.run_id != holder)
+    res = run_cli("promote", "--tracking-uri", team.uri, "--model-name", MODEL, "--run", other, "--force",
+                  "--reason", "reader tries", env=creds(READER))
     assert res.returncode == 6, res.stderr[-3000:]
     line = one_error_line(res)
     assert f"MLflow server {team.uri} refused /api/2.0/mlflow/" in line and "for user 'reader'" in line
     assert "permission denied (HTTP 403)" in line
     with as_user(READER):  # nothing was written by the reader
         assert len(search_runs(team.uri, SEARCH)[2]) == 1
+        assert client.get_model_version_by_alias(MODEL, "champion").tags["fer_automl.run_id"] == holder
+        assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
 
 
 def test_a_wrong_password_is_one_line_naming_the_server(team):
