@@ -10,7 +10,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-from runners.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
+from runners.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_NOT_ALLOWED, EXIT_USAGE
 
 COMMAND_GROUPS = {
     "models": "runners.commands.models",
@@ -49,6 +49,46 @@ def _silence_stdout() -> None:
         pass
 
 
+def mlflow_refusal(exc: BaseException, tracking_uri: Optional[str] = None) -> Optional[str]:
+    """One line for an MLflow server's refusal (basic auth: HTTP 401 not authenticated, 403 permission
+    denied) found in `exc` or its causes, naming the server, the request refused and the user; None
+    for any other error (which keeps its own handling)."""
+    import os
+    import re
+
+    try:
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # pragma: no cover - mlflow is a dependency
+        return None
+    seen, found = exc, None
+    while seen is not None and found is None:
+        if isinstance(seen, MlflowException):
+            try:
+                status = seen.get_http_status_code()
+            except Exception:  # noqa: BLE001 - an error code MLflow cannot map is not a refusal
+                status = None
+            if status in (401, 403):
+                found = (seen, status)
+        seen = seen.__cause__ or seen.__context__
+    if found is None:
+        return None
+    err, status = found
+    server = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not server:
+        import mlflow
+
+        server = mlflow.get_tracking_uri()
+    m = re.search(r"endpoint (\S+) failed", err.message)
+    request = m.group(1) if m else "a request"
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if status == 401:
+        who = f"the credentials of user '{user}'" if user else "a request without credentials"
+        return (f"MLflow server {server} refused {request}: not authenticated (HTTP 401) with {who}; "
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server")
+    return (f"MLflow server {server} refused {request} for user '{user or '?'}': permission denied (HTTP 403); "
+            "an admin of that server can grant EDIT (or MANAGE) on the experiment or registered model")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fer-automl",
@@ -70,8 +110,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # argparse's usage errors do not wait for torch (fer_models imports it)
     from fer_models.errors import UserError
 
-    # Only deliberate user errors exit 2 without a traceback; anything else is a bug and
-    # propagates (Python prints the traceback, exit 1).
+    # Only deliberate user errors exit 2 without a traceback, and an MLflow server's refusal (basic
+    # auth: 401/403) exits 6 with one line; anything else is a bug and propagates (Python prints the
+    # traceback, exit 1).
     try:
         rc = args.func(args)
     except UserError as exc:
@@ -88,6 +129,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         _silence_stdout()
         return EXIT_BROKEN_PIPE
+    except Exception as exc:  # noqa: BLE001 - an MLflow server's 401/403: one line; anything else: re-raised
+        line = mlflow_refusal(exc, getattr(args, "tracking_uri", None))
+        if line is None:
+            raise
+        print(f"fer-automl: error: {line}", file=sys.stderr)
+        return EXIT_NOT_ALLOWED
     return int(rc or 0)
 
 

@@ -47,9 +47,11 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A real `mlflow server` (through mlflow/server.sh) on 127.0.0.1, SQLite backend."""
+    """A real `mlflow server` (through mlflow/server.sh) on 127.0.0.1, SQLite backend unless `env` names
+    another (BACKEND=..., AUTH=1: see mlflow/server.sh); `log`: a file for its stderr (else a pipe, read
+    if it fails to start). `startup_s`: script start to first /health."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, env: dict | None = None, log: Path | None = None):
         import subprocess
         import time
         import urllib.request
@@ -58,19 +60,26 @@ class MlflowServer:
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATA_DIR": str(data_dir), "PORT": str(self.port), "WORKERS": "1",
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+        started = time.monotonic()
+        self.log = log
+        err = open(log, "wb") if log is not None else subprocess.PIPE
         self.proc = subprocess.Popen(["bash", str(REPO / "mlflow" / "server.sh")], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                                     stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        if log is not None:
+            err.close()
         deadline = time.time() + 300  # a loaded 2-core machine has needed > 120 s
         while True:
             try:
                 with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
                     if r.status == 200:
+                        self.startup_s = time.monotonic() - started
                         return
             except OSError:
                 pass
             if self.proc.poll() is not None:
-                raise RuntimeError("mlflow server exited: " + self.proc.stderr.read().decode()[-2000:])
+                text = log.read_bytes() if log is not None else self.proc.stderr.read()
+                raise RuntimeError("mlflow server exited: " + text.decode(errors="replace")[-2000:])
             if time.time() > deadline:
                 self.stop()
                 raise RuntimeError("mlflow server did not answer /health in 300 s")
