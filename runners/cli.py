@@ -30,6 +30,7 @@ EXIT_USAGE = 2             # a UserError: bad input, one message, nothing writte
 EXIT_REFUSED = 3           # promote: registered, but the alias did not move
 EXIT_SOME_FAILED = 4       # done, but some items failed (a search's trials, predict's images)
 EXIT_TRACKING_PAUSED = 5   # a search finished, but the MLflow store took no writes: records incomplete
+EXIT_TRACKING_LOST = 6     # a search stopped: the tracking server stayed unreachable past --outage-timeout
 EXIT_INTERRUPTED = 130     # Ctrl-C or SIGTERM
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 
@@ -77,6 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # argparse's usage errors do not wait for torch (fer_models imports it)
     from fer_models.errors import UserError
 
+    from .outage import TrackingLost
+
     # Only deliberate user errors exit 2 without a traceback; anything else is a bug and
     # propagates (Python prints the traceback, exit 1).
     try:
@@ -88,6 +91,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("fer-automl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except TrackingLost as exc:  # the tracking server stayed away past --outage-timeout (runners.outage)
+        for line in str(exc).splitlines():
+            print(f"fer-automl: error: {line}", file=sys.stderr)
+        return EXIT_TRACKING_LOST
     except BrokenPipeError:
         # the reader of our output went away (`space sample ... | head`): stop quietly, as a plain
         # SIGPIPE would; a broken pipe anywhere else (a socket) is a bug like any other error

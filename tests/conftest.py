@@ -47,15 +47,16 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A real `mlflow server` (through mlflow/server.sh) on 127.0.0.1, SQLite backend."""
+    """A real `mlflow server` (through mlflow/server.sh) on 127.0.0.1, SQLite backend. `port`: the
+    port to listen on (a restarted server takes its predecessor's: `MlflowServer(dir, port=old.port)`)."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, port: int | None = None):
         import subprocess
         import time
         import urllib.request
 
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATA_DIR": str(data_dir), "PORT": str(self.port), "WORKERS": "1",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
