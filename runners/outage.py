@@ -19,7 +19,7 @@ when the create goes through.
 If the server stays away longer than the search's outage timeout (`--outage-timeout`,
 `search.outage_timeout_s`), the search is stopped as a Ctrl-C would stop it (Ray Tune saves its
 state, the trials' checkpoints stay) and `run_search` raises `TrackingLost`: one message, exit
-code 6 (runners.cli.EXIT_TRACKING_LOST), and `--resume` completes the records from Tune's results.
+code 7 (runners.cli.EXIT_TRACKING_LOST), and `--resume` completes the records from Tune's results.
 """
 from __future__ import annotations
 
@@ -120,6 +120,12 @@ def journal_for(uri: str, client) -> "Journal":
     if j is None:
         j = _JOURNALS[uri] = Journal(uri, client, _TIMEOUT.get(uri, DEFAULT_OUTAGE_TIMEOUT_S))
     return j
+
+
+def unreachable_since(uri: str) -> Optional[float]:
+    """When the tracking server of the search under way stopped answering (its writes are buffered), or None."""
+    j = _JOURNALS.get(uri)
+    return None if j is None else j.down_since
 
 
 def lost(uri: str) -> Optional[str]:

@@ -433,7 +433,11 @@ def _ends_its_parent_run(run):
         except TrackingLost:
             raise  # the server is away: the parent stays RUNNING, --resume goes on with it
         except KeyboardInterrupt:
-            if len(_OPEN_PARENTS) > depth:
+            from .outage import unreachable_since
+
+            # a Ctrl-C while the tracking server is away: the parent run cannot be ended now (it stays
+            # RUNNING; --resume goes on with it), and no second message about the store
+            if len(_OPEN_PARENTS) > depth and unreachable_since(_OPEN_PARENTS[-1][1]) is None:
                 _end_parent(*_OPEN_PARENTS[-1], "KILLED", "interrupted (Ctrl-C or SIGTERM); continue it with --resume")
             raise
         except BaseException as exc:

@@ -218,7 +218,7 @@ class SearchSpec(_Strict):
     outage_timeout_s: float = Field(
         300.0, gt=0, allow_inf_nan=False,
         description="seconds a search waits for an unreachable tracking server (keeping its writes in memory) "
-                    "before it stops (exit 6; --resume completes it)")
+                    "before it stops (exit 7; --resume completes it)")
     warm_start: List[str] = Field(default_factory=list, description="earlier searches whose trials seed the tpe "
                                                                     "sampler: NAME (same MLflow store) or URI#NAME")
 

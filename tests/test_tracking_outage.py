@@ -1,6 +1,6 @@
 """A tracking server that restarts mid-search (issue 13, item 3): the search keeps training, keeps
 its MLflow writes in memory while the server is away and flushes them in order when it is back,
-nothing lost or duplicated; a server away past --outage-timeout stops the search with exit code 6
+nothing lost or duplicated; a server away past --outage-timeout stops the search with exit code 7
 and one message, and --resume completes it.
 
 Real components: a real `mlflow server` (mlflow/server.sh, SQLite) on 127.0.0.1, stopped (its
@@ -125,7 +125,7 @@ def test_a_server_away_past_the_timeout_stops_the_search_and_resume_completes_it
     wait_for_metrics(srv.data_dir / "mlflow.db", name, proc)
     srv.stop()
     rc, out, err = finish(proc)
-    assert rc == 6, err[-3000:]
+    assert rc == 7, err[-3000:]
     errors = [ln for ln in err.splitlines() if ln.startswith("fer-automl: error:")]
     assert len(errors) == 2, err[-3000:]  # the message and the --resume command on its own line
     assert srv.uri in errors[0] and "unreachable for" in errors[0] and "outage timeout 5 s" in errors[0]

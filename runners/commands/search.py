@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
     p.add_argument("--outage-timeout", type=float, metavar="SECONDS",
                    help="how long the search waits for an unreachable tracking server, keeping its MLflow writes "
-                        "in memory, before it stops with exit code 6 (default 300; replaces "
+                        "in memory, before it stops with exit code 7 (default 300; replaces "
                         "search.outage_timeout_s)")
     p.add_argument("--warm-start", action="append", metavar="SEARCH",
                    help="seed the tpe sampler with an earlier search's trials read from MLflow: NAME (this store) "
