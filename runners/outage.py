@@ -23,6 +23,7 @@ code 7 (runners.cli.EXIT_TRACKING_LOST), and `--resume` completes the records fr
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
 import shutil
@@ -244,6 +245,9 @@ class Journal:
         raise KeyboardInterrupt
 
 
+_COPIES: List[str] = []  # artifact folders copied while the server was away
+
+
 class BufferedClient:
     """The writes `MLflowTracker` makes, through a `Journal`; anything else goes to the real client."""
 
@@ -292,6 +296,9 @@ class BufferedClient:
         if self.journal.ops or self.journal.down_since is not None:
             # the folder is in a checkpoint Tune may delete before the server is back: keep a copy
             copy = tempfile.mkdtemp(prefix="fer-outage-artifacts-")
+            if not _COPIES:  # copies never flushed (the search stopped: TrackingLost) go when the process ends
+                atexit.register(lambda: [shutil.rmtree(c, ignore_errors=True) for c in _COPIES])
+            _COPIES.append(copy)
             shutil.copytree(local_dir, copy, dirs_exist_ok=True)
             local_dir = copy
 
