@@ -10,7 +10,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-from runners.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_NOT_ALLOWED, EXIT_USAGE
+from runners.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_NOT_ALLOWED, EXIT_TRACKING_LOST, EXIT_USAGE
 
 COMMAND_GROUPS = {
     "models": "runners.commands.models",
@@ -110,9 +110,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # argparse's usage errors do not wait for torch (fer_models imports it)
     from fer_models.errors import UserError
 
-    # Only deliberate user errors exit 2 without a traceback, and an MLflow server's refusal (basic
-    # auth: 401/403) exits 6 with one line; anything else is a bug and propagates (Python prints the
-    # traceback, exit 1).
+    from runners.search.outage import TrackingLost
+
+    # Only deliberate user errors exit 2 without a traceback, an MLflow server's refusal (basic
+    # auth: 401/403) exits 6 with one line, a tracking server lost past --outage-timeout exits 7;
+    # anything else is a bug and propagates (Python prints the traceback, exit 1).
     try:
         rc = args.func(args)
     except UserError as exc:
@@ -122,6 +124,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("fer-automl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except TrackingLost as exc:  # the tracking server stayed away past --outage-timeout (runners.search.outage)
+        for line in str(exc).splitlines():
+            print(f"fer-automl: error: {line}", file=sys.stderr)
+        return EXIT_TRACKING_LOST
     except BrokenPipeError:
         # the reader of our output went away (`space sample ... | head`): stop quietly, as a plain
         # SIGPIPE would; a broken pipe anywhere else (a socket) is a bug like any other error

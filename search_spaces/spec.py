@@ -241,6 +241,10 @@ class SearchSpec(_Strict):
     fidelity: Optional[FidelitySpec] = Field(
         None, description="two-stage search: trials at reduced fidelity (train_fraction, image_size), then the "
                           "top_k configurations refit at full fidelity with several seeds (refit:)")
+    outage_timeout_s: float = Field(
+        300.0, gt=0, allow_inf_nan=False,
+        description="seconds a search waits for an unreachable tracking server (keeping its writes in memory) "
+                    "before it stops (exit 7; --resume completes it)")
     warm_start: List[str] = Field(default_factory=list, description="earlier searches whose trials seed the tpe "
                                                                     "sampler: NAME (same MLflow store) or URI#NAME")
 

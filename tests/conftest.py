@@ -49,15 +49,16 @@ def free_port() -> int:
 class MlflowServer:
     """A real `mlflow server` (through mlflow/server.sh) on 127.0.0.1, SQLite backend unless `env` names
     another (BACKEND=..., AUTH=1: see mlflow/server.sh); `log`: a file for its stderr (else a pipe, read
-    if it fails to start). `startup_s`: script start to first /health."""
+    if it fails to start). `startup_s`: script start to first /health. `port`: the port to listen on (a
+    restarted server takes its predecessor's: `MlflowServer(dir, port=old.port)`)."""
 
-    def __init__(self, data_dir: Path, env: dict | None = None, log: Path | None = None):
+    def __init__(self, data_dir: Path, env: dict | None = None, log: Path | None = None, port: int | None = None):
         import subprocess
         import time
         import urllib.request
 
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATA_DIR": str(data_dir), "PORT": str(self.port), "WORKERS": "1",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}

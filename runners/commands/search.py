@@ -21,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a local Ray)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    p.add_argument("--outage-timeout", type=float, metavar="SECONDS",
+                   help="how long the search waits for an unreachable tracking server, keeping its MLflow writes "
+                        "in memory, before it stops with exit code 7 (default 300; replaces "
+                        "search.outage_timeout_s)")
     p.add_argument("--warm-start", action="append", metavar="SEARCH",
                    help="seed the tpe sampler with an earlier search's trials read from MLflow: NAME (this store) "
                         "or URI#NAME (another store); may be given more than once (replaces search.warm_start)")
@@ -32,7 +36,8 @@ def _search(args: argparse.Namespace) -> int:
 
     res = run_search(args.spec, name=args.name, data=args.data, format=args.format, num_samples=args.num_samples,
                      storage_path=args.storage_path, address=args.address, tracking_uri=args.tracking_uri,
-                     resume=args.resume, skip_corrupt=args.skip_corrupt, warm_start=args.warm_start)
+                     resume=args.resume, skip_corrupt=args.skip_corrupt, warm_start=args.warm_start,
+                     outage_timeout=args.outage_timeout)
     print()
     n_refit = sum(len(r["seeds"]) for r in res.refit)
     print(f"search {res.name}: {len(res.leaderboard)} trials" + (f" + {n_refit} refit trials" if n_refit else "")

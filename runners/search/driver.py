@@ -28,6 +28,7 @@ from runners.search.tracking import (TAG_FAILURE, TAG_KIND, TAG_PARETO, TAG_SEAR
                                      check_tracking_server, complete_trial_runs, dataset_input_fields, find_child_runs,
                                      get_or_create_experiment, guarded, make_tracker, resolve_tracking_uri,
                                      tracking_paused, trial_status, unpause_tracking)
+from runners.search.outage import TrackingLost, restore_http_limits
 from runners.training.trial import DataSpec, check_classes, mark
 
 # the metrics are the trial's last report (what the scheduler and the searcher saw); the trial keeps
@@ -154,7 +155,7 @@ def tune_trainable(config: Dict[str, Any], static: Dict[str, Any]) -> None:
 # --- the driver -------------------------------------------------------------------------------------
 
 # the flag of `fer-automl search` that sets each key of the search spec (named in its errors)
-SPEC_FLAGS = {"name": "--name", "num_samples": "--num-samples", "storage_path": "--storage-path",
+SPEC_FLAGS = {"outage_timeout_s": "--outage-timeout", "name": "--name", "num_samples": "--num-samples", "storage_path": "--storage-path",
               "address": "--address", "tracking_uri": "--tracking-uri", "dataset.path": "--data",
               "dataset.format": "--format", "dataset.skip_corrupt": "--skip-corrupt", "warm_start": "--warm-start"}
 # what a dataset of another format keeps of the space's `search.dataset` (the rest, such as the
@@ -402,8 +403,14 @@ def _ends_its_parent_run(run):
         depth = len(_OPEN_PARENTS)
         try:
             return run(*args, **kwargs)
+        except TrackingLost:
+            raise  # the server is away: the parent stays RUNNING, --resume goes on with it
         except KeyboardInterrupt:
-            if len(_OPEN_PARENTS) > depth:
+            from runners.search.outage import unreachable_since
+
+            # a Ctrl-C while the tracking server is away: the parent run cannot be ended now (it stays
+            # RUNNING; --resume goes on with it), and no second message about the store
+            if len(_OPEN_PARENTS) > depth and unreachable_since(_OPEN_PARENTS[-1][1]) is None:
                 _end_parent(*_OPEN_PARENTS[-1], "KILLED", "interrupted (Ctrl-C or SIGTERM); continue it with --resume")
             raise
         except BaseException as exc:
@@ -412,6 +419,8 @@ def _ends_its_parent_run(run):
             raise
         finally:
             del _OPEN_PARENTS[depth:]
+            if not depth:
+                restore_http_limits()
 
     return wrapper
 
@@ -420,7 +429,8 @@ def _ends_its_parent_run(run):
 def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[str] = None, format: Optional[str] = None,
                num_samples: Optional[int] = None, storage_path: Optional[str] = None, address: Optional[str] = None,
                tracking_uri: Optional[str] = None, resume: bool = False, skip_corrupt: bool = False,
-               verbose: int = 1, warm_start: Optional[List[str]] = None) -> SearchResult:
+               verbose: int = 1, warm_start: Optional[List[str]] = None,
+               outage_timeout: Optional[float] = None) -> SearchResult:
     from fer_models.errors import UserError
     from search_spaces import load_space
     from search_spaces.spec import search_name_error
@@ -429,7 +439,8 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     space = load_space(space_file)
     spec = _merge_spec(space, dict(name=name, data=data, format=format, num_samples=num_samples,
                                    storage_path=storage_path, address=address, tracking_uri=tracking_uri,
-                                   skip_corrupt=skip_corrupt, warm_start=warm_start or None))
+                                   skip_corrupt=skip_corrupt, warm_start=warm_start or None,
+                                   outage_timeout_s=outage_timeout))
     name = spec.name or Path(space.where).stem
     if search_name_error(name):  # a name from the file's stem (`search.name` and --name are checked with the spec)
         raise UserError(f"{space.where}: the search is named after the file: {search_name_error(name)}; "
@@ -441,6 +452,9 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     check_scheduler(spec, space)
     uri = resolve_tracking_uri(spec.tracking_uri)
     check_tracking_server(uri)
+    from runners.search.driver import outage
+
+    outage.configure(uri, spec.outage_timeout_s)  # a tracking server that goes away mid-search (runners.search.outage)
     storage = spec.storage_path or str(Path("ray_results").resolve())
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
@@ -582,7 +596,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
         grid = tuner.get_results()
     else:
         grid = _fit(tuner)
-    _raise_if_interrupted(name)
+    _after_fit(uri, name)
     if warm is not None:  # the study as it ended: the seeded trials, then the search's own
         guarded(uri, warm.record_study, client, parent_id)
     res = _summarise(grid, spec, space, client, parent_id, exp_id, name, exp_dir, end_parent=refit_spec is None)
@@ -605,13 +619,26 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
 
         def fit(t):
             out = _fit(t)
-            _raise_if_interrupted(name)
+            _after_fit(uri, name)
             return out
 
         refit_grid = run_refit_stage(search_rows=res.leaderboard, spec=spec, exp_dir=exp_dir, resume=resume,
                                      make_tuner=make_tuner, fit=fit, notes=res.notes, verbose=verbose)
         _summarise_refit(res, refit_grid, spec, client, parent_id, exp_id, name)
     return res
+
+
+def _after_fit(uri: str, name: str) -> None:
+    """After Ray Tune's loop: TrackingLost if the tracking server stayed away past the outage timeout
+    (the loop was stopped for it), KeyboardInterrupt if the search was interrupted, else flush the
+    writes still buffered for an unreachable server (waiting for it up to the timeout)."""
+    from runners.search.driver import outage
+
+    if outage.lost(uri):
+        INTERRUPTED.clear()
+        raise TrackingLost(outage.lost(uri))
+    _raise_if_interrupted(name)
+    outage.finish(uri)
 
 
 def _raise_if_interrupted(name: str) -> None:

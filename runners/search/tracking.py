@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from fer_models.errors import UserError, UserPathError
+from runners.search.outage import PENDING
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,7 @@ class RunWriter:
     def __init__(self, client):
         self.client = client
         self.pending: Dict[str, list] = {}
+        self.latencies: List[float] = []  # seconds per metric log_batch call (benchmarks/tracking_load.py)
 
     def metric(self, run_id: str, values: Dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -266,7 +268,9 @@ class RunWriter:
         for rid in ([run_id] if run_id else list(self.pending)):
             items = self.pending.pop(rid, [])
             for i in range(0, len(items), MAX_BATCH):
+                t0 = time.perf_counter()
                 self.client.log_batch(rid, metrics=items[i:i + MAX_BATCH])
+                self.latencies.append(time.perf_counter() - t0)
 
     def params(self, run_id: str, params: Dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -338,6 +342,8 @@ def complete_trial_runs(client, experiment_id: str, parent_run_id: str, search_n
     for tid, status, failure, res in trials:
         run = children.get(tid)
         if run is not None and run.info.status != "RUNNING" and run.data.tags.get(TAG_STATUS) != "running":
+            if run.data.tags.get(TAG_STATUS) != "infeasible":
+                _fill_gaps(client, writer, run.info.run_id, res)
             continue
         if run is None:
             run = client.create_run(experiment_id, run_name=f"{search_name}/{tid}",
@@ -346,14 +352,7 @@ def complete_trial_runs(client, experiment_id: str, parent_run_id: str, search_n
         rid = run.info.run_id
         if not run.data.params:
             writer.params(rid, flatten(point_of(res.config or {})))
-        logged = {m.step for m in client.get_metric_history(rid, "training_iteration")}
-        history = res.metrics_dataframe
-        for row in ([] if history is None else history.to_dict("records")):
-            row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if not k.startswith("config/")}
-            step = int(row.get("epoch", row.get("training_iteration", 0)) or 0)
-            if step not in logged:
-                writer.metric(rid, numeric_metrics(row), step)
-        writer.flush(rid)
+        _fill_gaps(client, writer, rid, res)
         if res.checkpoint is not None:
             with res.checkpoint.as_directory() as d:
                 if (Path(d) / "artifacts").is_dir():
@@ -362,6 +361,25 @@ def complete_trial_runs(client, experiment_id: str, parent_run_id: str, search_n
         client.set_terminated(rid, "FAILED" if status == "failed" else "FINISHED")
         completed.append(tid)
     return completed
+
+
+def _fill_gaps(client, writer: RunWriter, rid: str, res) -> None:
+    """Log the epochs of the trial's Tune history (`res.metrics_dataframe`) that run `rid` lacks:
+    those its tracker never wrote (tracking paused, or a tracking server that stayed away past the
+    outage timeout: runners.search.outage). One point per epoch: a history that holds an epoch twice (a
+    trial restored from its checkpoint reported it again) logs it once, its last report."""
+    history = res.metrics_dataframe
+    rows: Dict[int, Dict[str, Any]] = {}
+    for row in ([] if history is None else history.to_dict("records")):
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if not k.startswith("config/")}
+        rows[int(row.get("epoch", row.get("training_iteration", 0)) or 0)] = row
+    if not rows:
+        return
+    logged = {m.step for m in client.get_metric_history(rid, "training_iteration")}
+    for step, row in sorted(rows.items()):
+        if step not in logged:
+            writer.metric(rid, numeric_metrics(row), step)
+    writer.flush(rid)
 
 
 def trial_status(last_epoch: Optional[float], epochs: Optional[int]) -> str:
@@ -447,13 +465,19 @@ def make_tracker(**kwargs):
             self.nodes: Dict[str, str] = {}  # trial id -> Ray node id last tagged
             self._client = None
             self._writer: Optional[RunWriter] = None
+            self._journal = None
             self._last_flush = time.time()
 
         # the client is made lazily: the callback object is pickled with the experiment state
         def __getstate__(self):
             state = dict(self.__dict__)
+            journal = state.get("_journal")
+            # a run whose create is still buffered (runners.search.outage) is not kept: --resume finds or makes it
+            state["runs"] = {t: r for t, r in ((t, journal.known(r) if journal else r) for t, r in self.runs.items())
+                             if r and not r.startswith(PENDING)}
             state["_client"] = None
             state["_writer"] = None
+            state["_journal"] = None
             return state
 
         @property
@@ -461,12 +485,22 @@ def make_tracker(**kwargs):
             if self._writer is None:
                 import mlflow
 
-                self._client = mlflow.MlflowClient(self.tracking_uri)
-                self._writer = RunWriter(self._client)
-                existing = find_child_runs(self._client, self.experiment_id, self.parent_run_id)
+                from runners.search.outage import BufferedClient, journal_for
+
+                real = mlflow.MlflowClient(self.tracking_uri)
+                existing = find_child_runs(real, self.experiment_id, self.parent_run_id)
                 for tid, run in existing.items():
                     self.runs.setdefault(tid, run.info.run_id)
+                # every write goes through the journal: kept in memory, in order, while the server is away
+                self._journal = journal_for(self.tracking_uri, real)
+                self._client = BufferedClient(real, self._journal, id_tag=TAG_TRIAL_ID)
+                self._writer = RunWriter(self._client)
             return self._writer
+
+        def on_step_begin(self, iteration, trials, **info):
+            journal = self.__dict__.get("_journal")
+            if journal is not None:  # retry what an unreachable server left buffered; stop past the timeout
+                guarded(self.tracking_uri, journal.tick)
 
         def _run_for(self, trial) -> str:
             w = self.writer
