@@ -232,7 +232,7 @@ def register_ensemble(client, uri: str, cands: Sequence[Any], stage: str, tta: s
     from runners.registry.packaging import build_inference_module
     from runners.registry.promote import (TAG_CLASSES, TAG_COMMIT, TAG_DATASET, TAG_FINGERPRINT, TAG_IMAGE_SIZE,
                                           TAG_METRIC, TAG_SEARCH_NAME, TAG_SERIALIZATION, TAG_SPLIT, _log_into,
-                                          download_weights, metric_split, selected_figures)
+                                          download_weights, metric_split, search_params, selected_figures)
     from runners.search.tracking import TAG_SEARCH
 
     parent_id = cands[0].run.data.tags.get("mlflow.parentRunId")
@@ -248,12 +248,7 @@ def register_ensemble(client, uri: str, cands: Sequence[Any], stage: str, tta: s
         module, meta = build_ensemble(members, tta)
         with _log_into(uri, cands[0].run.info.experiment_id):
             info = _log_module(module, meta, parent_id or cands[0].run_id)
-    parent_params: Dict[str, str] = {}
-    if parent_id:
-        try:
-            parent_params = client.get_run(parent_id).data.params
-        except Exception:  # noqa: BLE001 - a lost parent must not stop the promotion
-            parent_params = {}
+    parent_params = search_params(client, parent_id)
     dataset = meta["dataset"]
     listed = []
     tags = {

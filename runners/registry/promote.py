@@ -333,15 +333,21 @@ def download_weights(client, run_id: str, dst: Path) -> Path:
     return out
 
 
+def search_params(client, parent_id: Optional[str]) -> Dict[str, str]:
+    """The params of a search's parent run ({} without one, or when it is gone: a lost parent must not
+    stop a promotion)."""
+    if not parent_id:
+        return {}
+    try:
+        return client.get_run(parent_id).data.params
+    except Exception:  # noqa: BLE001 - see the docstring
+        return {}
+
+
 def version_tags(client, cand: Candidate, metric: str, model_cfg: Dict[str, Any]) -> Dict[str, str]:
     run = cand.run
     parent_id = run.data.tags.get("mlflow.parentRunId")
-    parent_params: Dict[str, str] = {}
-    if parent_id:
-        try:
-            parent_params = client.get_run(parent_id).data.params
-        except Exception:  # noqa: BLE001 - a lost parent must not stop the promotion
-            parent_params = {}
+    parent_params = search_params(client, parent_id)
     dataset = model_cfg.get("dataset") or {}
     tags = {
         TAG_RUN_ID: run.info.run_id,

@@ -452,7 +452,7 @@ def run_search(space_file: str, *, name: Optional[str] = None, data: Optional[st
     check_scheduler(spec, space)
     uri = resolve_tracking_uri(spec.tracking_uri)
     check_tracking_server(uri)
-    from runners.search.driver import outage
+    import runners.search.outage as outage
 
     outage.configure(uri, spec.outage_timeout_s)  # a tracking server that goes away mid-search (runners.search.outage)
     storage = spec.storage_path or str(Path("ray_results").resolve())
@@ -632,7 +632,7 @@ def _after_fit(uri: str, name: str) -> None:
     """After Ray Tune's loop: TrackingLost if the tracking server stayed away past the outage timeout
     (the loop was stopped for it), KeyboardInterrupt if the search was interrupted, else flush the
     writes still buffered for an unreachable server (waiting for it up to the timeout)."""
-    from runners.search.driver import outage
+    import runners.search.outage as outage
 
     if outage.lost(uri):
         INTERRUPTED.clear()
