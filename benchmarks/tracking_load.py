@@ -16,9 +16,9 @@ metric history of the best runs).
 
 Backends: `sqlite` (a SQLite file, no server: every search process writes it directly),
 `server-sqlite` (mlflow/server.sh on a SQLite file) and `server-postgres` (mlflow/server.sh on a
-PostgreSQL started here from Debian's binaries: initdb/pg_ctl in a temporary folder, 127.0.0.1
-only, its unix socket in that folder, run as the `postgres` user when this runs as root; schema
-by `mlflow db upgrade`; driver psycopg2-binary).
+PostgreSQL made by the project's mlflow/postgres.sh, as the README's team section does: a cluster
+in a temporary folder, 127.0.0.1 only, its unix socket in that folder, run as `postgres` when this
+runs as root; schema by server.sh's `mlflow db upgrade`; driver psycopg2-binary).
 
 Measured per (backend, searches): metric points/s (every metric point of every search over the
 wall time from the first search start to the last search end; the searches start together once
@@ -201,12 +201,11 @@ def stop_group(proc: subprocess.Popen) -> None:
             pass
 
 
-def start_server(data_dir: Path, backend: Optional[str], workers: int) -> tuple:
+def start_server(data_dir: Path, env_extra: Optional[Dict[str, str]], workers: int) -> tuple:
+    """mlflow/server.sh on a free port; `env_extra`: BACKEND=... and what it needs (default: SQLite)."""
     port = free_port()
     env = {**os.environ, "DATA_DIR": str(data_dir), "PORT": str(port), "WORKERS": str(workers),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    if backend:
-        env["BACKEND"] = backend
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **(env_extra or {})}
     proc = subprocess.Popen(["bash", str(REPO / "mlflow" / "server.sh")], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
@@ -214,53 +213,31 @@ def start_server(data_dir: Path, backend: Optional[str], workers: int) -> tuple:
     return uri, proc
 
 
-def pg_bin() -> Path:
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
-    if not versions:
-        raise RuntimeError("no PostgreSQL binaries under /usr/lib/postgresql (apt-get install postgresql)")
-    return versions[-1].parent
-
-
 class Postgres:
-    """A throwaway PostgreSQL: a temporary data folder, 127.0.0.1 only, trust auth (loopback, this run)."""
+    """A throwaway PostgreSQL made by the project's own mlflow/postgres.sh (what the README's team
+    section runs): a temporary folder, 127.0.0.1 only. `server_env`: what mlflow/server.sh needs to use
+    it (BACKEND, PGPASSFILE); server.sh makes the schema with `mlflow db upgrade`."""
 
-    def __init__(self):
-        self.bin = pg_bin()
-        # a folder of its own (the postgres user must reach it: not under a root-only temp folder)
-        root = self.root = Path(tempfile.mkdtemp(prefix="fer-load-pg-"))
-        self.dir = root / "pgdata"
-        self.sock = root / "pgsock"
-        self.sock.mkdir()
-        self.port = free_port()
-        self.as_user: List[str] = []
-        if os.geteuid() == 0:  # initdb refuses root: run the server as the unprivileged postgres user
-            shutil.chown(root, "postgres")
-            shutil.chown(self.sock, "postgres")
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-        self._run(self.as_user + [str(self.bin / "initdb"), "-D", str(self.dir), "-U", "postgres", "--auth=trust",
-                                  "-E", "UTF8"])
-        self._run(self.as_user + [str(self.bin / "pg_ctl"), "-D", str(self.dir), "-w", "-l", str(root / "pg.log"),
-                                  "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sock} "
-                                  "-c max_connections=200", "start"])
-        try:
-            self._run(self.as_user + [str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                                      "-U", "postgres", "mlflow"])
-            # SQLAlchemy 2.1 takes postgresql:// for psycopg 3: name the driver installed (psycopg2-binary)
-            self.uri = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/mlflow"
-            self._run([sys.executable, "-m", "mlflow", "db", "upgrade", self.uri])
-        except BaseException:
+    def __init__(self, data_dir: Path):
+        # the cluster's folder: short (its unix socket lives there) and, when we are root, reachable by the
+        # unprivileged user postgres.sh runs PostgreSQL as (mkdtemp makes it mode 700)
+        self.root = Path(tempfile.mkdtemp(prefix="fer-load-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
+        self.root.chmod(0o755)
+        self.env = {**os.environ, "DATA_DIR": str(data_dir), "PG_DATA": str(self.root / "pg"),
+                    "PG_PORT": str(free_port())}
+        res = subprocess.run(["bash", str(REPO / "mlflow" / "postgres.sh")], capture_output=True, text=True,
+                             env=self.env, cwd="/")
+        if res.returncode != 0:
             self.stop()
-            raise
-
-    @staticmethod
-    def _run(cmd: List[str]) -> None:
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)}: exit {done.returncode}\n{(done.stdout + done.stderr)[-2000:]}")
+            raise RuntimeError(f"mlflow/postgres.sh: exit {res.returncode}\n{res.stderr[-2000:]}")
+        exports = dict(line[len("export "):].split("=", 1) for line in res.stdout.splitlines()
+                       if line.startswith("export "))
+        exports = {k: v.strip("'") for k, v in exports.items()}
+        self.server_env = {"BACKEND": exports["BACKEND"], "PGPASSFILE": exports["PGPASSFILE"]}
 
     def stop(self) -> None:
-        subprocess.run(self.as_user + [str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", "fast", "-w", "stop"],
-                       capture_output=True, cwd="/")
+        subprocess.run(["bash", str(REPO / "mlflow" / "postgres.sh"), "stop"], capture_output=True, env=self.env,
+                       cwd="/")
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -326,8 +303,8 @@ def bench(backends: List[str], searches: List[int], trials: int, epochs: int, ep
                     elif backend == "server-sqlite":
                         uri, server = start_server(tmp / "server", None, workers)
                     elif backend == "server-postgres":
-                        pg = Postgres()
-                        uri, server = start_server(tmp / "server", pg.uri, workers)
+                        pg = Postgres(tmp / "server")
+                        uri, server = start_server(tmp / "server", pg.server_env, workers)
                     else:
                         raise SystemExit(f"unknown backend {backend!r}: sqlite, server-sqlite, server-postgres")
                     reps.append(run_load(uri, n, trials, epochs, epoch_s, concurrent, tmp, f"{n}x{rep}"))
