@@ -20,6 +20,21 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None):
                           timeout=timeout, cwd=str(REPO), env=full_env)
 
 
+def finish_search(proc, timeout: float):
+    """(returncode, stdout, stderr) of a search started with `start_new_session=True`; past `timeout`
+    its process group (only what the test started) is killed and the test fails with its stderr."""
+    import signal
+    import subprocess
+
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the search did not end in {timeout:g} s:\n{err[-3000:]}")
+    return proc.returncode, out, err
+
+
 def search_runs(tracking_uri: str, name: str):
     """A search's MLflow runs: (client, experiment, parent runs, child runs), told apart by the
     `fer_automl.kind` tag."""

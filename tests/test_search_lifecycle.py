@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from _space_helpers import search_test_space
-from conftest import REPO, search_runs
+from conftest import REPO, finish_search, search_runs
 from runners.cli import main
 
 
@@ -74,13 +74,7 @@ def driver_lines(err: str) -> str:
 
 
 def finish(proc: subprocess.Popen, timeout: float = 400):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # only the process group this test started
-        out, err = proc.communicate()
-        pytest.fail(f"the search did not end in {timeout:g} s:\n{err[-3000:]}")
-    return proc.returncode, out, err
+    return finish_search(proc, timeout)
 
 
 @pytest.fixture

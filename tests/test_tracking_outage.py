@@ -10,7 +10,6 @@ Ray, the tiny space of tests/_space_helpers, synthetic data) in a child process.
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 import yaml
 
 from _space_helpers import search_test_space
-from conftest import REPO, MlflowServer, search_runs
+from conftest import REPO, finish_search, MlflowServer, search_runs
 
 pytestmark = pytest.mark.slow
 
@@ -70,13 +69,7 @@ def wait_for_metrics(db: Path, name: str, proc: subprocess.Popen, timeout: float
 
 
 def finish(proc: subprocess.Popen, timeout: float = 900):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # only the process group this test started
-        out, err = proc.communicate()
-        pytest.fail(f"the search did not end in {timeout:g} s:\n{err[-3000:]}")
-    return proc.returncode, out, err
+    return finish_search(proc, timeout)
 
 
 def assert_complete(uri: str, name: str) -> None:
